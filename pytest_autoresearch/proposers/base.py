@@ -1,0 +1,128 @@
+"""The one small interface every proposer implements.
+
+A proposer edits the working tree (only files the program marks editable) and
+says what it did. It never decides, commits or measures: the loop does that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from pytest_autoresearch.program import Program
+
+
+class ProposerError(Exception):
+    """This proposal failed (API overloaded, no edit made...); the loop records it and goes on."""
+
+
+class ProposerFatal(Exception):
+    """The proposer cannot work at all (bad key, nothing to tune); the loop stops cleanly."""
+
+
+@dataclass
+class Cost:
+    """Tokens and dollars one proposal cost (zero for offline proposers)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    usd: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+            self.usd + other.usd,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PastExperiment:
+    """One line of history a proposer may learn from (built from the journal)."""
+
+    index: int
+    description: str
+    status: str  # keep | discard | crash | rejected | error
+    objective: float | None  # the candidate's value, None when it produced none
+    delta: float | None  # improvement over the best at the time (positive = better)
+    reason: str  # the decision's reason, or the crash reason
+    params: dict[str, float] | None = None  # what a numeric optimiser set, if any
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an evaluation failed, handed to ``Proposer.repair``."""
+
+    status: str  # crash | timeout | guard
+    reason: str
+    log_tail: str  # the last lines of the pytest subprocess output
+
+
+@dataclass
+class ProposalContext:
+    """Everything a proposer may know when it proposes."""
+
+    root: Path  # the directory program.md's globs are relative to (pytest's rootdir)
+    program: Program
+    editable_files: list[str]  # resolved, relative posix paths
+    objective: str
+    goal: str  # "min" | "max"
+    best_value: float
+    baseline_value: float
+    noise: float  # the noise floor, in the objective's units
+    history: list[PastExperiment]
+    experiment: int  # 1-based index of the experiment being proposed
+    total: int
+    state_dir: Path  # .autoresearch/<tag>/: a proposer may keep state here (resumable)
+    metrics: dict[str, float] = field(default_factory=dict)  # the best commit's other metrics
+
+
+@dataclass
+class Proposal:
+    """What a proposer did to the working tree, for the record."""
+
+    description: str
+    params: dict[str, float] | None = None
+    cost: Cost = field(default_factory=Cost)
+    extra: dict[str, Any] = field(default_factory=dict)  # proposer-specific, JSON-serialisable
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a proposal, told back to the proposer."""
+
+    status: str  # keep | discard | crash | rejected | error
+    objective: float | None
+    reason: str
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """Edits editable files in ``ctx.root`` in place and describes the change."""
+
+    name: str
+
+    def propose(self, ctx: ProposalContext) -> Proposal:
+        """Make one change. Raise ProposerError to skip, ProposerFatal to stop."""
+        ...
+
+    def repair(self, ctx: ProposalContext, failure: Failure) -> Proposal | None:
+        """Try to fix the current change after a crash or failed guard; None gives up."""
+        ...
+
+    def observe(self, ctx: ProposalContext, proposal: Proposal, outcome: Outcome) -> None:
+        """Learn from the outcome (Optuna tells its study; LLMs keep memory)."""
+        ...
+
+    def close(self) -> None:
+        """Release clients, flush state."""
+        ...
