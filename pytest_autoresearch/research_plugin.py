@@ -1,10 +1,248 @@
-"""pytest hooks for ``--autoresearch``: options, ``-n`` interception, hand-off to the loop."""
+"""pytest hooks for ``--autoresearch``: options, ``-n`` interception, hand-off to the loop.
+
+Like pytest-xdist's DSession, the research session takes over ``pytest_runtestloop``:
+tests are collected as usual (so ``-k``, ``-m`` and paths select the metric tests),
+then the loop runs them in fresh subprocesses instead of in this process.
+"""
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import os
+import re
+from pathlib import Path
+from typing import Any
+
 import pytest
+
+TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_N_FLAGS = ("-n", "--numprocesses")
+
+
+# -- option validators (argparse ``type=``) -----------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of experiments, got {text!r} (e.g. 200)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"the number must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the number must be 0 or more, got {value}")
+    return value
+
+
+def _usd(text: str) -> float:
+    try:
+        value = float(text.lstrip("$"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected dollars such as 5 or 2.50, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the cost cap must be more than 0 dollars, got {text!r}")
+    return value
+
+
+def _tag(text: str) -> str:
+    if not TAG_RE.match(text) or ".." in text or text.endswith(".lock"):
+        raise argparse.ArgumentTypeError(
+            f"invalid tag {text!r}: use letters, digits, '.', '_' or '-' (at most 64, no '..'), "
+            "e.g. --autoresearch-tag nov23"
+        )
+    return text
+
+
+# name, type, default, help. Each is also an ini key (the dest name), read when not given.
+_OPTIONS: list[tuple[str, Any, Any, str]] = [
+    (
+        "experiments",
+        _positive_int,
+        20,
+        "number of experiments to run (also '-n N' under --autoresearch); a resumed run "
+        "counts the experiments already journaled for its tag (default 20)",
+    ),
+    (
+        "tag",
+        _tag,
+        None,
+        "name of this research run: branch autoresearch/TAG, record .autoresearch/TAG/; an "
+        "existing tag resumes (default: today's date, e.g. nov23)",
+    ),
+    ("program", str, "program.md", "the research program (default: program.md at the rootdir)"),
+    (
+        "proposer",
+        str,
+        None,
+        "who proposes changes: 'optuna' (built in, offline), 'anthropic', 'openai', or a name a "
+        "plugin provides (default: anthropic when ANTHROPIC_API_KEY is set, else optuna)",
+    ),
+    ("seed", int, None, "random seed for the optuna proposer (default: random)"),
+    ("model", str, None, "model for LLM proposers (default depends on the proposer)"),
+    ("max_tokens", _positive_int, 8192, "max output tokens per LLM turn (default 8192)"),
+    (
+        "thinking",
+        _non_negative_int,
+        0,
+        "extended-thinking budget in tokens for the anthropic proposer; 0 = off (default 0)",
+    ),
+    ("max_turns", _positive_int, 30, "max LLM turns (tool calls) per proposal (default 30)"),
+    (
+        "repair_attempts",
+        _non_negative_int,
+        2,
+        "times an LLM may fix its own change after a crash or a failed guard (default 2)",
+    ),
+    (
+        "base_url",
+        str,
+        None,
+        "endpoint for the openai proposer (default: $OPENAI_BASE_URL, else OpenAI's)",
+    ),
+    ("max_cost", _usd, None, "stop cleanly once LLM proposals have cost this many US dollars"),
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("autoresearch")
-    group.addoption("--autoresearch", action="store_true", help="run the research loop")
+    group = parser.getgroup("autoresearch", "autoresearch (metric tests and the research loop)")
+    group.addoption(
+        "--autoresearch",
+        action="store_true",
+        default=False,
+        help="run the research loop: propose edits to the files program.md allows, measure, "
+        "keep real improvements on a research branch (see program.md)",
+    )
+    for name, type_, _default, help_text in _OPTIONS:
+        flag = "--autoresearch-" + name.replace("_", "-")
+        group.addoption(flag, dest="autoresearch_" + name, type=type_, default=None, help=help_text)
+        parser.addini("autoresearch_" + name, f"default for {flag}", default=None)
+
+
+def option(config: pytest.Config, name: str) -> Any:
+    """An --autoresearch-NAME value: the command line, else the ini key, else the default."""
+    for opt_name, type_, default, _help in _OPTIONS:
+        if opt_name != name:
+            continue
+        value = config.getoption("autoresearch_" + name)
+        if value is not None:
+            return value
+        ini = config.getini("autoresearch_" + name)
+        if ini not in (None, "", []):
+            try:
+                return type_(str(ini).strip())
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise pytest.UsageError(f"ini key autoresearch_{name} = {ini!r}: {exc}") from None
+        return default
+    raise KeyError(name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) -> None:
+    """Under --autoresearch, '-n N' counts experiments: rewrite it before pytest-xdist sees it."""
+    if "--autoresearch" not in args:
+        return
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            break
+        value = None
+        if arg in _N_FLAGS:
+            if i + 1 >= len(args):
+                raise pytest.UsageError("-n needs a number of experiments, e.g. -n 200")
+            value, width = args[i + 1], 2
+        elif arg.startswith("--numprocesses="):
+            value, width = arg.split("=", 1)[1], 1
+        elif arg.startswith("-n") and not arg.startswith("--") and len(arg) > 2:
+            value, width = arg[2:].lstrip("="), 1
+        if value is None:
+            i += 1
+            continue
+        if not value.isdigit() or int(value) < 1:
+            raise pytest.UsageError(
+                f"-n {value}: under --autoresearch, -n is the number of experiments (e.g. -n 200); "
+                "it cannot be 'auto' and experiments are not distributed over workers"
+            )
+        args[i : i + width] = ["--autoresearch-experiments", value]
+        i += 2
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("autoresearch"):
+        return
+    # Resolve ini keys and defaults once, so everyone reads them with config.getoption().
+    for name, *_rest in _OPTIONS:
+        setattr(config.option, "autoresearch_" + name, option(config, name))
+    if config.pluginmanager.has_plugin("dsession"):
+        # Only reachable if xdist was told to distribute in some way we did not rewrite.
+        raise pytest.UsageError(
+            "--autoresearch runs its own loop and cannot be combined with pytest-xdist "
+            "distribution; drop --dist/--tx, and use -n for the number of experiments"
+        )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    config = session.config
+    if not config.getoption("autoresearch") or config.option.collectonly:
+        return None
+    from pytest_autoresearch.session import run_research_session
+
+    run_research_session(session)
+    return True
+
+
+def default_tag(today: datetime.date | None = None) -> str:
+    """Karpathy's convention: a short date tag such as 'nov23'."""
+    today = today or datetime.date.today()
+    return today.strftime("%b%d").lower()
+
+
+def proposer_choice(config: pytest.Config) -> tuple[str, str]:
+    """The proposer name and why it was chosen (printed at the start of the run)."""
+    name = option(config, "proposer")
+    if name:
+        return name, "chosen with --autoresearch-proposer"
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        try:
+            import importlib.util
+
+            if importlib.util.find_spec("anthropic") is not None:
+                return "anthropic", "ANTHROPIC_API_KEY is set"
+        except (ImportError, ValueError):
+            pass
+        return "optuna", "ANTHROPIC_API_KEY is set but the anthropic package is not installed"
+    return "optuna", "no ANTHROPIC_API_KEY set: the offline default"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_autoresearch_make_proposer(name: str, config: pytest.Config):
+    """The built-in proposers."""
+    if name == "optuna":
+        from pytest_autoresearch.proposers import optuna
+
+        return optuna.build(config)
+    if name == "anthropic":
+        from pytest_autoresearch.proposers import anthropic
+
+        return anthropic.build(config)
+    if name == "openai":
+        from pytest_autoresearch.proposers import openai
+
+        return openai.build(config)
+    return None
+
+
+def record_root(config: pytest.Config) -> Path:
+    return Path(config.rootpath) / ".autoresearch"
