@@ -1,0 +1,198 @@
+"""The --autoresearch session: wires pytest's collected tests to the loop's real parts.
+
+Everything that can be checked before the tree is touched is checked first
+(program.md, the metric tests, the proposer, the git state), so a bad input stops
+the run with a clear message and nothing changed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_autoresearch import research_plugin
+
+RESULT_KEY = pytest.StashKey[Any]()
+
+PROGRAM_EXAMPLE = """\
+---
+editable: ["mypkg/hyperparams.py"]   # globs: the only files a proposal may change
+objective: latency_ms                # a @metric name; its goal gives the direction
+guards: ["tests/test_correctness.py"] # must pass for a change to be kept (optional)
+---
+# What to try
+Free text for the proposer."""
+
+
+def _program_path(config: pytest.Config) -> Path:
+    given = config.getoption("autoresearch_program") or "program.md"
+    path = Path(given)
+    if not path.is_absolute():
+        # Given on the command line: relative to where pytest was started; else to the rootdir.
+        base = (
+            Path(config.invocation_params.dir)
+            if config.known_args_namespace.autoresearch_program
+            else Path(config.rootpath)
+        )
+        path = base / path
+    return path
+
+
+def _load_program(config: pytest.Config):
+    from pytest_autoresearch.program import ProgramError, load_program
+
+    path = _program_path(config)
+    if not path.is_file():
+        raise pytest.UsageError(
+            f"--autoresearch needs a research program, and {path} does not exist.\n"
+            f"Create it (or pass --autoresearch-program PATH); a minimal one:\n\n{PROGRAM_EXAMPLE}"
+        )
+    try:
+        return load_program(path, Path(config.rootpath))
+    except ProgramError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _make_proposer(config: pytest.Config, echo) -> tuple[Any, str]:
+    from pytest_autoresearch.proposers.base import ProposerFatal
+
+    name, why = research_plugin.proposer_choice(config)
+    try:
+        proposer = config.hook.pytest_autoresearch_make_proposer(name=name, config=config)
+    except ProposerFatal as exc:
+        raise pytest.UsageError(f"proposer {name!r}: {exc}") from None
+    except ImportError as exc:
+        raise pytest.UsageError(
+            f"proposer {name!r} needs a package that is not installed ({exc.name or exc}); "
+            f"install it with: pip install 'pytest-autoresearch[{name}]'"
+        ) from None
+    if proposer is None:
+        raise pytest.UsageError(
+            f"no proposer called {name!r}: the built-in ones are optuna, anthropic and openai; "
+            "a plugin adds more through the pytest_autoresearch_make_proposer hook"
+        )
+    echo(f"proposer: {name} ({why})")
+    return proposer, name
+
+
+class _Lock:
+    """One research run per tag at a time: a second one would fight over the branch."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "lock"
+
+    def __enter__(self) -> _Lock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = self.path.read_text().strip()
+            if pid.isdigit() and _alive(int(pid)):
+                raise pytest.UsageError(
+                    f"another research run (pid {pid}) is using {self.path.parent}; wait for it, "
+                    "or choose another --autoresearch-tag"
+                ) from None
+            self.path.unlink(missing_ok=True)  # left by a killed run
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_research_session(session: pytest.Session) -> None:
+    """Run the research loop over the collected metric tests (called from runtestloop)."""
+    from pytest_autoresearch import report
+    from pytest_autoresearch.evaluate import evaluate
+    from pytest_autoresearch.journal import Journal
+    from pytest_autoresearch.loop import LoopError, LoopSettings, ResearchLoop
+    from pytest_autoresearch.vcs import ResearchRepo, VcsError
+
+    config = session.config
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+
+    def echo(line: str, **markup: bool) -> None:
+        if tr is not None:
+            tr.write_line(line, **markup)
+        else:
+            print(line, flush=True)
+
+    root = Path(config.rootpath)
+    program = _load_program(config)
+    metric_ids = [item.nodeid for item in session.items if item.get_closest_marker("metric")]
+    if not metric_ids:
+        raise pytest.UsageError(
+            "--autoresearch found no metric tests among the collected tests; write one with "
+            "@metric(goal='min') (or the record_metric fixture), or check the paths, -k and -m "
+            "you selected"
+        )
+    tag = config.getoption("autoresearch_tag") or research_plugin.default_tag()
+    record_dir = root / ".autoresearch" / tag
+    experiments = config.getoption("autoresearch_experiments")
+    proposer, proposer_name = _make_proposer(config, echo)
+
+    with _Lock(record_dir):
+        try:
+            repo = ResearchRepo(root, tag)
+            repo.start()
+        except VcsError as exc:
+            proposer.close()
+            raise pytest.UsageError(str(exc)) from None
+        echo(
+            f"autoresearch {tag}: {experiments} experiments on branch {repo.branch}, "
+            f"objective {program.objective}, {len(metric_ids)} metric test(s), record in {record_dir}"
+        )
+        journal = Journal(record_dir, program.objective)
+        settings = LoopSettings(
+            root=root,
+            program=program,
+            tag=tag,
+            experiments=experiments,
+            metric_args=metric_ids,
+            record_dir=record_dir,
+            max_cost=config.getoption("autoresearch_max_cost"),
+            repair_attempts=config.getoption("autoresearch_repair_attempts"),
+            proposer_name=proposer_name,
+        )
+        loop = ResearchLoop(
+            settings,
+            repo=repo,
+            evaluate=lambda metric_args, guard_args, timeout: evaluate(
+                root, list(metric_args), list(guard_args), timeout
+            ),
+            proposer=proposer,
+            journal=journal,
+            echo=echo,
+            on_record=lambda rec: config.hook.pytest_autoresearch_experiment_done(
+                record=rec, config=config
+            ),
+        )
+        try:
+            loop.run()
+        except LoopError as exc:
+            echo(f"autoresearch stopped: {exc}", red=True)
+            session.testsfailed += 1
+        finally:
+            try:
+                repo.finish()
+            finally:
+                proposer.close()
+                result = getattr(loop, "result", None)
+                if result is not None:
+                    config.stash[RESULT_KEY] = (result, journal, program)
+                    report.write_report(record_dir, journal.load().records, result, program)
