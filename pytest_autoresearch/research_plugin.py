@@ -18,6 +18,20 @@ import pytest
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _N_FLAGS = ("-n", "--numprocesses")
+_METAVARS = {
+    "experiments": "N",
+    "tag": "TAG",
+    "program": "PATH",
+    "proposer": "NAME",
+    "seed": "INT",
+    "model": "MODEL",
+    "max_tokens": "N",
+    "thinking": "TOKENS",
+    "max_turns": "N",
+    "repair_attempts": "N",
+    "base_url": "URL",
+    "max_cost": "USD",
+}
 
 
 # -- option validators (argparse ``type=``) -----------------------------------------------
@@ -49,7 +63,9 @@ def _usd(text: str) -> float:
     try:
         value = float(text.lstrip("$"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected dollars such as 5 or 2.50, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected dollars such as 5 or 2.50, got {text!r}"
+        ) from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"the cost cap must be more than 0 dollars, got {text!r}")
     return value
@@ -125,7 +141,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     for name, type_, _default, help_text in _OPTIONS:
         flag = "--autoresearch-" + name.replace("_", "-")
-        group.addoption(flag, dest="autoresearch_" + name, type=type_, default=None, help=help_text)
+        group.addoption(
+            flag,
+            dest="autoresearch_" + name,
+            type=type_,
+            default=None,
+            metavar=_METAVARS[name],
+            help=help_text,
+        )
         parser.addini("autoresearch_" + name, f"default for {flag}", default=None)
 
 
