@@ -1,0 +1,548 @@
+"""Git for the research loop: research branch, scope check, commit, snapshot, restore.
+
+How the loop uses it (every path it returns is relative to ``root``, posix style)::
+
+    repo = ResearchRepo(root, tag, program.is_editable)
+    repo.start()              # refuses a dirty tree; checks out autoresearch/<tag>;
+                              # resumes an existing branch; cleans up a killed experiment
+    ...baseline evaluation...; repo.out_of_scope(after="evaluation")
+    for each experiment:
+        proposer edits files
+        bad = repo.out_of_scope()                     # after="proposal"
+        if bad: repo.snapshot(msg); repo.restore(); record "rejected"; continue
+        ...evaluation...
+        bad = repo.out_of_scope(after="evaluation")   # tests may leave untracked outputs
+        diff, (added, removed) = repo.diff_text(), repo.lines_changed()
+        keep: repo.commit(msg)   else: repo.snapshot(msg); repo.restore()
+    repo.finish()             # in ``finally``: back on the user's branch, clean tree
+
+Resuming after kill -9: ``start()`` finds HEAD still on the research branch with a
+half-done experiment in the editable files and calls ``restore()`` itself (the
+discarded paths are in ``StartInfo.restored``); tracked changes outside the editable
+files stop it instead, since those may be the user's.
+
+Rules: the user's branch is never committed to or reset; only editable changes are
+committed; untracked files are only removed inside editable paths, or when a proposal
+created them outside scope (their content is kept in the snapshot commit the loop
+takes first). ``.autoresearch/`` and ``__pycache__`` are never looked at or touched.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BRANCH_PREFIX = "autoresearch/"
+FALLBACK_NAME = "pytest-autoresearch"
+FALLBACK_EMAIL = "autoresearch@localhost"
+
+
+class VcsError(Exception):
+    """Git is in a state the research loop cannot work in; the message says what to do."""
+
+
+@dataclass
+class StartInfo:
+    """What ``ResearchRepo.start`` found and did."""
+
+    branch: str  # autoresearch/<tag>
+    best: str  # the research branch tip the loop continues from
+    original: str  # the user's branch name, or a commit sha when HEAD was detached
+    resumed: bool  # the research branch existed already
+    restored: list[str] = field(default_factory=list)  # leftovers of a killed experiment
+
+
+class ResearchRepo:
+    """The research branch in the user's checkout, and the scope rules around it."""
+
+    def __init__(
+        self,
+        root: Path | str,
+        tag: str,
+        is_editable: Callable[[str], bool] | None = None,
+        *,
+        record_dir: Path | str | None = None,
+    ) -> None:
+        """Open the git repository holding ``root`` (the rootdir); changes nothing yet."""
+        self.root = Path(root).resolve()
+        self.tag = tag
+        self.branch = BRANCH_PREFIX + tag
+        self.is_editable = is_editable
+        self._record_dir = Path(record_dir) if record_dir else self.root / ".autoresearch"
+        self._repo = _open_repo(self.root)
+        self.workdir = Path(self._repo.working_tree_dir).resolve()
+        rel = os.path.relpath(self.root, self.workdir)
+        self.prefix = "" if rel == "." else Path(rel).as_posix()  # rootdir inside the work tree
+        record = os.path.relpath(self._record_dir.resolve(), self.workdir)
+        self._record_prefix = Path(record).as_posix() + "/"
+        self.best = ""
+        self.original = ""
+        self._original_is_branch = False
+        self._started = False
+        self._known_untracked: set[str] = set()  # repo paths outside scope we must leave alone
+        self._flagged: set[str] = set()  # repo paths a proposal created outside scope
+        self._ident_env: dict[str, str] = {}
+        self._tree_cache: tuple[Any, str] | None = None
+        self._diff_cache: tuple[str, str, tuple[int, int]] | None = None
+
+    # -- public API ---------------------------------------------------------------------
+
+    def start(self) -> StartInfo:
+        """Check out the research branch (created from HEAD if new); refuse unsafe states."""
+        git = self._repo.git
+        self._check_ref_name()
+        try:
+            sha, head_ref = self._head()
+        except VcsError:
+            raise VcsError(
+                f"the git repository at {self.workdir} has no commits yet; commit your code "
+                "first (git add -A && git commit -m 'initial'), then run --autoresearch again"
+            ) from None
+        entries = self._status()
+        self._check_record_dir_untracked()
+        ref = "refs/heads/" + self.branch
+        branch_sha = self._rev(ref)
+        restored: list[str] = []
+        if head_ref == ref:
+            # Already on the research branch: a run that was killed, or the user's choice.
+            self.original, self._original_is_branch = self._read_origin() or (self.branch, True)
+            outside = [e.path for e in entries if e.tracked and not self._editable(e.path)]
+            if outside:
+                raise VcsError(
+                    f"{self.branch} is checked out with changes outside the editable files: "
+                    f"{_list(self._show(p) for p in outside)}. They are not from the research "
+                    "loop; commit or discard them (git stash) and run again"
+                )
+            self.best = sha
+            self._known_untracked = {
+                e.path for e in entries if not e.tracked and not self._editable(e.path)
+            }
+            restored = self.restore()
+            resumed = True
+        else:
+            dirty = [e.path for e in entries if e.tracked]
+            if dirty:
+                raise VcsError(
+                    "the working tree has uncommitted changes: "
+                    f"{_list(self._show(p) for p in dirty)}. The research loop commits on its "
+                    "own branch and must start from a clean tree; commit or stash them first "
+                    "(untracked files are fine)"
+                )
+            mine = [e.path for e in entries if not e.tracked and self._editable(e.path)]
+            if mine:
+                raise VcsError(
+                    "untracked files inside the editable files: "
+                    f"{_list(self._show(p) for p in mine)}. The research loop commits new "
+                    "editable files and deletes them when it discards an experiment; commit "
+                    "them, move them elsewhere, or add them to .gitignore first"
+                )
+            if head_ref.startswith("refs/heads/"):
+                self.original, self._original_is_branch = head_ref[len("refs/heads/") :], True
+            else:
+                self.original, self._original_is_branch = sha, False
+            try:
+                if branch_sha:
+                    git.checkout("-q", self.branch, "--")
+                else:
+                    git.checkout("-q", "-b", self.branch, "--")
+            except Exception as exc:  # GitCommandError: say what git said
+                raise VcsError(f"could not check out {self.branch}: {_git_message(exc)}") from None
+            resumed = bool(branch_sha)
+            self.best = branch_sha or sha
+            self._known_untracked = {e.path for e in entries if not e.tracked}
+            self._write_origin()
+        self._ident_env = self._identity()
+        self._started = True
+        return StartInfo(self.branch, self.best, self.original, resumed, restored)
+
+    def head(self) -> str:
+        """The sha of the best commit (the research branch tip)."""
+        return self.best
+
+    def out_of_scope(
+        self, is_editable: Callable[[str], bool] | None = None, *, after: str = "proposal"
+    ) -> list[str]:
+        """Changes the rules forbid, one "path (why)" each; empty when the candidate is in scope.
+
+        ``after="proposal"``: new untracked files outside the editable files are violations.
+        ``after="evaluation"``: they are outputs of the tests and are left alone from then on.
+        """
+        if after not in ("proposal", "evaluation"):
+            raise ValueError(f"after must be 'proposal' or 'evaluation', not {after!r}")
+        if is_editable is not None:
+            self.is_editable = is_editable
+        bad: list[str] = []
+        sha, head_ref = self._head()
+        if head_ref != "refs/heads/" + self.branch:
+            bad.append(f"HEAD (switched to {head_ref if head_ref != 'HEAD' else sha[:12]})")
+        elif sha != self.best:
+            bad.append(f"HEAD (moved from {self.best[:12]} to {sha[:12]}: a commit was made)")
+        for e in self._status():
+            path = self._show(e.path)
+            editable = self._editable(e.path)
+            if e.tracked:
+                if not editable:
+                    bad.append(f"{path} ({e.kind})")
+                elif _is_symlink(self.workdir / e.path):
+                    bad.append(f"{path} (symlink)")
+            elif editable:
+                if _is_symlink(self.workdir / e.path):
+                    bad.append(f"{path} (symlink)")
+            elif e.path in self._known_untracked:
+                continue
+            elif after == "proposal" or e.path in self._flagged:
+                self._flagged.add(e.path)
+                bad.append(f"{path} (new file)")
+            else:
+                self._known_untracked.add(e.path)
+        return bad
+
+    def changed_files(self) -> list[str]:
+        """Files the candidate changed, added or deleted relative to the best commit."""
+        return sorted(self._show(p) for p in self._candidate_paths(self._status()))
+
+    def diff_text(self) -> str:
+        """Unified diff from the best commit to the candidate, new files included."""
+        return self._diff()[0]
+
+    def lines_changed(self) -> tuple[int, int]:
+        """(lines added, lines removed) by the candidate, for the simplicity criterion."""
+        return self._diff()[1]
+
+    def snapshot(self, message: str) -> str:
+        """A commit of the candidate whose parent is the best commit; moves no branch."""
+        tree = self._candidate_tree()
+        return self._commit_tree(tree, message)
+
+    def commit(self, message: str) -> str:
+        """Commit the editable changes on the research branch; returns the new best sha."""
+        if not self._started:
+            raise VcsError("commit() before start(): the research branch is not checked out")
+        bad = self.out_of_scope(after="evaluation")
+        if bad:
+            raise VcsError(f"refusing to commit changes outside scope: {_list(bad)}")
+        git = self._repo.git
+        paths = [p for p in self._candidate_paths(self._status()) if self._editable(p)]
+        for chunk in _chunks(paths):
+            git.add("-A", "--", *[":(literal)" + p for p in chunk])
+        tree = git.write_tree()
+        sha = self._commit_tree(tree, message)
+        git.update_ref("-m", "autoresearch: keep", "refs/heads/" + self.branch, sha, self.best)
+        self.best = sha
+        return sha
+
+    def restore(self) -> list[str]:
+        """Put the tree back to the best commit; returns the paths that were discarded."""
+        git = self._repo.git
+        entries = self._status()
+        sha, head_ref = self._head()
+        ref = "refs/heads/" + self.branch
+        remove = [
+            e.path
+            for e in entries
+            if not e.tracked
+            and e.path not in self._known_untracked
+            and (self._editable(e.path) or e.path in self._flagged)
+        ]
+        tracked = [e.path for e in entries if e.tracked]
+        if head_ref != ref:
+            git.symbolic_ref("HEAD", ref)
+        if tracked or head_ref != ref or sha != self.best:
+            git.reset("-q", "--hard", self.best)
+        for path in remove:
+            _remove_file(self.workdir, path)
+        self._flagged.clear()
+        self._tree_cache = self._diff_cache = None
+        return sorted(self._show(p) for p in [*tracked, *remove])
+
+    def finish(self) -> None:
+        """Discard any unfinished candidate and return to the user's branch or commit."""
+        if not self._started:
+            return
+        self.restore()
+        git = self._repo.git
+        try:
+            if self._original_is_branch:
+                if self.original != self.branch:
+                    git.checkout("-q", self.original, "--")
+            else:
+                git.checkout("-q", "--detach", self.original, "--")
+        except Exception as exc:
+            raise VcsError(
+                f"could not return to {self.original}: {_git_message(exc)}; your work is on "
+                f"{self.branch}, check out {self.original} by hand"
+            ) from None
+        self._origin_file().unlink(missing_ok=True)
+        self._started = False
+
+    # -- status and paths ---------------------------------------------------------------
+
+    def _status(self) -> list[_Entry]:
+        raw = self._repo.git.status(
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+            "--no-renames",
+            stdout_as_string=False,
+            strip_newline_in_stdout=False,
+        )
+        entries = _parse_status(os.fsdecode(raw))
+        return [e for e in entries if not self._ignored(e)]
+
+    def _ignored(self, e: _Entry) -> bool:
+        # Our own journal, and bytecode the evaluation leaves behind.
+        if (e.path + "/").startswith(self._record_prefix):
+            return True
+        if e.tracked:
+            return False
+        return "__pycache__/" in "/" + e.path or e.path.endswith((".pyc", ".pyo"))
+
+    def _editable(self, path: str) -> bool:
+        rel = self._rel(path)
+        return rel is not None and self.is_editable is not None and self.is_editable(rel)
+
+    def _rel(self, path: str) -> str | None:
+        if not self.prefix:
+            return path
+        if path.startswith(self.prefix + "/"):
+            return path[len(self.prefix) + 1 :]
+        return None  # outside the rootdir: never editable
+
+    def _show(self, path: str) -> str:
+        return posixpath.relpath(path, self.prefix) if self.prefix else path
+
+    def _candidate_paths(self, entries: list[_Entry]) -> list[str]:
+        return [e.path for e in entries if e.tracked or (e.path not in self._known_untracked)]
+
+    # -- trees, diffs, commits ----------------------------------------------------------
+
+    def _candidate_tree(self) -> str:
+        """The tree of best + the working-tree state of every candidate path (temp index)."""
+        paths = self._candidate_paths(self._status())
+        key = (self.best, tuple(paths), tuple(_stat_key(self.workdir / p) for p in paths))
+        if self._tree_cache and self._tree_cache[0] == key:
+            return self._tree_cache[1]
+        git = self._repo.git
+        fd, index = tempfile.mkstemp(prefix="autoresearch-index-")
+        os.close(fd)
+        try:
+            env = {"GIT_INDEX_FILE": index}
+            git.read_tree(self.best, env=env)
+            for chunk in _chunks(paths):
+                git.add("-A", "-f", "--", *[":(literal)" + p for p in chunk], env=env)
+            tree = git.write_tree(env=env)
+        finally:
+            os.unlink(index)
+        self._tree_cache = (key, tree)
+        return tree
+
+    def _diff(self) -> tuple[str, tuple[int, int]]:
+        tree = self._candidate_tree()
+        if self._diff_cache and self._diff_cache[0] == tree:
+            return self._diff_cache[1], self._diff_cache[2]
+        git = self._repo.git
+        args = ("--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", self.best, tree)
+        text = git.diff(*args, stdout_as_string=False)
+        diff = text.decode("utf-8", errors="replace")
+        if diff and not diff.endswith("\n"):
+            diff += "\n"
+        added = removed = 0
+        for line in git.diff("--numstat", *args).splitlines():
+            a, r, _ = line.split("\t", 2)
+            added += int(a) if a.isdigit() else 0
+            removed += int(r) if r.isdigit() else 0
+        self._diff_cache = (tree, diff, (added, removed))
+        return diff, (added, removed)
+
+    def _commit_tree(self, tree: str, message: str) -> str:
+        return self._repo.git.commit_tree(tree, "-p", self.best, "-m", message, env=self._ident_env)
+
+    def _identity(self) -> dict[str, str]:
+        """Author/committer from git config or the environment, else a fixed fallback."""
+        env: dict[str, str] = {}
+        for key, var, fallback in (
+            ("user.name", "NAME", FALLBACK_NAME),
+            ("user.email", "EMAIL", FALLBACK_EMAIL),
+        ):
+            if os.environ.get(f"GIT_AUTHOR_{var}") and os.environ.get(f"GIT_COMMITTER_{var}"):
+                continue
+            try:
+                value = self._repo.git.config("--get", key)
+            except Exception:  # exit 1: unset
+                value = ""
+            if not value.strip():
+                env.setdefault(f"GIT_AUTHOR_{var}", fallback)
+                env.setdefault(f"GIT_COMMITTER_{var}", fallback)
+        return env
+
+    # -- HEAD, refs and the origin file -------------------------------------------------
+
+    def _head(self) -> tuple[str, str]:
+        """(sha, full ref name or "HEAD" when detached) in one git call."""
+        try:
+            out = self._repo.git.rev_parse("HEAD", "--symbolic-full-name", "HEAD")
+        except Exception:
+            raise VcsError("HEAD does not point to a commit") from None
+        lines = out.splitlines()
+        if len(lines) < 2:
+            raise VcsError("HEAD does not point to a commit")
+        return lines[0], lines[1]
+
+    def _rev(self, ref: str) -> str:
+        try:
+            return self._repo.git.rev_parse("--verify", "-q", ref + "^{commit}")
+        except Exception:
+            return ""
+
+    def _check_ref_name(self) -> None:
+        try:
+            self._repo.git.check_ref_format("--branch", self.branch)
+        except Exception:
+            raise VcsError(
+                f"the tag {self.tag!r} does not make a valid git branch name ({self.branch}); "
+                "use letters, digits, '.', '-' and '_' (for example --autoresearch-tag nov23)"
+            ) from None
+
+    def _check_record_dir_untracked(self) -> None:
+        if self._record_prefix.startswith("../"):
+            return
+        tracked = self._repo.git.ls_files("--", ":(literal)" + self._record_prefix.rstrip("/"))
+        if tracked.strip():
+            raise VcsError(
+                f"{self._show(self._record_prefix.rstrip('/'))} is tracked by git, but the "
+                "research journal must stay untracked (experiments reset tracked files); run "
+                f"git rm -r --cached {self._record_prefix} and add it to .gitignore"
+            )
+
+    def _origin_file(self) -> Path:
+        name = self.tag.replace("/", "%2F") + ".origin"
+        return Path(self._repo.git_dir) / "autoresearch" / name
+
+    def _write_origin(self) -> None:
+        path = self._origin_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kind = "branch" if self._original_is_branch else "detached"
+        path.write_text(f"{kind} {self.original}\n", encoding="utf-8")
+
+    def _read_origin(self) -> tuple[str, bool] | None:
+        try:
+            kind, _, value = self._origin_file().read_text(encoding="utf-8").strip().partition(" ")
+        except OSError:
+            return None
+        return (value, kind == "branch") if value else None
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    code: str  # the two-letter porcelain status, "??" for untracked
+    path: str  # relative to the work tree
+
+    @property
+    def tracked(self) -> bool:
+        return self.code != "??"
+
+    @property
+    def kind(self) -> str:
+        if "D" in self.code:
+            return "deleted"
+        if self.code[0] == "A":
+            return "added"
+        if "T" in self.code:
+            return "type changed"
+        if "U" in self.code or self.code in ("AA", "DD"):
+            return "unmerged"
+        return "modified"
+
+
+def _parse_status(raw: str) -> list[_Entry]:
+    entries: list[_Entry] = []
+    fields = raw.split("\0")
+    i = 0
+    while i < len(fields):
+        item = fields[i]
+        i += 1
+        if len(item) < 4:
+            continue
+        code, path = item[:2], item[3:]
+        if code[0] in "RC":  # --no-renames makes these rare; the source path follows
+            entries.append(_Entry("D ", fields[i]))
+            i += 1
+        entries.append(_Entry(code, path.rstrip("/")))
+    return entries
+
+
+def _open_repo(root: Path) -> Any:
+    try:
+        import git
+    except ImportError as exc:
+        raise VcsError(
+            f"--autoresearch needs GitPython and the git command ({exc}); "
+            "pip install 'pytest-autoresearch[research]' and make sure git is on PATH"
+        ) from None
+    try:
+        repo = git.Repo(root, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise VcsError(
+            f"{root} is not inside a git repository; the research loop keeps its experiments "
+            "on a git branch. Run git init && git add -A && git commit -m 'initial' first"
+        ) from None
+    if repo.bare or repo.working_tree_dir is None:
+        raise VcsError(f"{root} is in a bare git repository; run it in a checkout")
+    return repo
+
+
+def _git_message(exc: Exception) -> str:
+    text = (getattr(exc, "stderr", "") or str(exc)).strip()
+    text = text.removeprefix("stderr:").strip().strip("'").strip()
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def _is_symlink(path: Path) -> bool:
+    return path.is_symlink()
+
+
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.lstat()
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_mode, st.st_size, st.st_mtime_ns)
+
+
+def _remove_file(workdir: Path, path: str) -> None:
+    """Remove one untracked file and the directories it leaves empty (never the work tree)."""
+    target = workdir / path
+    try:
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    except FileNotFoundError:
+        pass
+    parent = target.parent
+    while parent != workdir and workdir in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _list(items: Iterable[str], limit: int = 8) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
