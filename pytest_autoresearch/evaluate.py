@@ -1,0 +1,357 @@
+"""Run the metric tests and guards in a fresh pytest subprocess and read back the metrics JSON.
+
+``evaluate(root, metric_args, guard_args, timeout)`` returns an ``Evaluation``; a crash,
+a timeout, a NaN or a failed guard is an outcome, never an exception. Numbers come only
+from the JSON file the worker-side plugin writes (``--metrics-json``), never from the
+output. The child runs in its own session (process group) and the whole group is
+killed at the timeout, grandchildren included; it gets no API keys or tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TAIL_LINES = 60
+KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
+WORKER_ENV = "AUTORESEARCH_WORKER"
+
+
+@dataclass
+class MetricValue:
+    """One metric as the worker reported it; ``value`` is None when the test produced none."""
+
+    name: str
+    value: float | None
+    samples: list[float]
+    goal: str
+    unit: str | None
+    error: str | None
+
+
+@dataclass
+class TestResult:
+    """One test that ran in the worker (call-phase outcome; setup errors are "error")."""
+
+    __test__ = False  # not a pytest test class
+
+    nodeid: str
+    outcome: str
+    duration: float
+    message: str | None
+
+
+@dataclass
+class Evaluation:
+    """What one run of the metric tests and guards produced."""
+
+    status: str  # "ok" | "crash" | "timeout"
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+    tests: list[TestResult] = field(default_factory=list)
+    guards_passed: bool = False
+    failed_guards: list[str] = field(default_factory=list)
+    duration: float = 0.0
+    returncode: int | None = None
+    log_tail: str = ""  # last lines of the combined output, secrets scrubbed
+    reason: str = ""  # one line: why it crashed or which guard failed; "" when all is well
+
+
+def evaluate(
+    root: Path | str,
+    metric_args: Sequence[str],
+    guard_args: Sequence[str],
+    timeout: float | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    required: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+) -> Evaluation:
+    """Run ``pytest <metric_args> <guard_args>`` in ``root`` in a fresh process, killed at timeout.
+
+    ``required``: metric names that must have a value (e.g. the objective), else "crash".
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="autoresearch-eval-"))
+    metrics_path = tmp / "metrics.json"
+    log_path = tmp / "output.log"
+    cmd = [
+        sys.executable, "-m", "pytest", "-p", "autoresearch",
+        "--metrics-json", str(metrics_path), "-q", "-p", "no:cacheprovider",
+        *extra_args, *metric_args, *guard_args,
+    ]  # fmt: skip
+    base = dict(os.environ if env is None else env)
+    secrets = [v for k, v in base.items() if is_secret_name(k) and len(v) >= 6]
+    child_env = child_environment(base)
+    try:
+        returncode, duration, timed_out = _run(cmd, Path(root), child_env, log_path, timeout)
+        tail = scrub(_tail(log_path), secrets)
+        if timed_out:
+            return Evaluation(
+                status="timeout",
+                duration=duration,
+                returncode=returncode,
+                log_tail=tail,
+                reason=f"timed out after {timeout:g}s",
+            )
+        return _interpret(metrics_path, returncode, duration, tail, required, secrets)
+    finally:
+        for path in (metrics_path, log_path):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.rmdir()
+
+
+# -- secrets ----------------------------------------------------------------------------
+
+_SECRET_NAME = re.compile(
+    r"(API_?KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|(^|_)TOKEN($|_)|(^|_)AUTH($|_)|_KEY$"
+    r"|^ANTHROPIC_|^OPENAI_)",
+    re.IGNORECASE,
+)
+_SECRET_TEXT = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{12,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|xox[abposr]-[A-Za-z0-9\-]{10,}|hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}"
+    r"|(?i:bearer)\s+[A-Za-z0-9._\-]{12,})"
+)
+
+
+def is_secret_name(name: str) -> bool:
+    """True for environment variable names that hold keys, tokens or passwords."""
+    return bool(_SECRET_NAME.search(name))
+
+
+def child_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: ``base`` minus secrets, plus the worker marker."""
+    env = {k: v for k, v in base.items() if not is_secret_name(k)}
+    env[WORKER_ENV] = "1"
+    return env
+
+
+def scrub(text: str, secrets: Sequence[str] = ()) -> str:
+    """Replace known secret values and key-shaped strings with ``***``."""
+    for value in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(value, "***")
+    return _SECRET_TEXT.sub("***", text)
+
+
+# -- the subprocess ---------------------------------------------------------------------
+
+
+def _run(
+    cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, timeout: float | None
+) -> tuple[int | None, float, bool]:
+    """Run ``cmd`` in its own session, output to ``log_path``; (returncode, seconds, timed out)."""
+    start = time.monotonic()
+    with open(log_path, "wb") as log:
+        # A file, not a pipe: a chatty training loop cannot block on a full pipe.
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # Also on Ctrl-C, and after a normal exit: no grandchild outlives its evaluation.
+            _kill_group(proc)
+    return proc.returncode, time.monotonic() - start, timed_out
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, wait a little, then SIGKILL whatever is left."""
+    if os.name != "posix":  # pragma: no cover - no process groups
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        return
+    pgid = proc.pid  # start_new_session made the child its group leader
+    if not _signal_group(pgid, signal.SIGTERM):
+        proc.wait()
+        return
+    deadline = time.monotonic() + KILL_GRACE
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.02)
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = 64_000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# -- reading the metrics JSON -----------------------------------------------------------
+
+
+def _interpret(
+    metrics_path: Path,
+    returncode: int | None,
+    duration: float,
+    tail: str,
+    required: Sequence[str],
+    secrets: Sequence[str],
+) -> Evaluation:
+    ev = Evaluation(status="crash", duration=duration, returncode=returncode, log_tail=tail)
+    try:
+        data = read_metrics_json(metrics_path)
+    except ValueError as exc:
+        ev.reason = f"{exc} (pytest exit code {returncode}): {_error_line(tail)}"
+        return ev
+    ev.metrics = {m.name: m for m in _metrics(data, secrets)}
+    ev.tests = [_test(t, secrets) for t in data.get("tests") or []]
+    metric_ids = {t["nodeid"] for t in data.get("tests") or [] if t.get("metric")}
+    metric_ids |= {m.get("nodeid") for m in data.get("metrics") or [] if m.get("nodeid")}
+    bad_tests = [t for t in ev.tests if t.nodeid in metric_ids and t.outcome in _FAILED]
+    bad_metrics = [m for m in ev.metrics.values() if m.value is None and m.error]
+    missing = [name for name in required if ev.metrics.get(name) is None]
+    missing += [n for n in required if n in ev.metrics and ev.metrics[n].value is None]
+    failed_guards = [t for t in ev.tests if t.nodeid not in metric_ids and t.outcome in _FAILED]
+    ev.failed_guards = [t.nodeid for t in failed_guards]
+    ev.guards_passed = not failed_guards
+    if bad_metrics:
+        m = bad_metrics[0]
+        ev.reason = f"metric {m.name}: {_last_line(m.error)}"
+    elif bad_tests:
+        t = bad_tests[0]
+        ev.reason = f"{t.nodeid} {t.outcome}: {_last_line(t.message) or _error_line(tail)}"
+    elif missing:
+        ev.reason = f"metric {missing[0]}: no value reported ({_error_line(tail)})"
+    elif not any(m.value is not None for m in ev.metrics.values()):
+        ev.reason = f"no metric values were reported (pytest exit code {returncode}): " + (
+            _error_line(tail)
+        )
+    else:
+        ev.status = "ok"
+        if failed_guards:
+            t = failed_guards[0]
+            ev.reason = f"guard {t.nodeid} {t.outcome}: {_last_line(t.message)}".rstrip(": ")
+    ev.reason = scrub(ev.reason, secrets)
+    return ev
+
+
+_FAILED = ("failed", "error")
+
+
+def read_metrics_json(path: Path) -> dict[str, Any]:
+    """Load a version-1 metrics JSON; ValueError says what is wrong with it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError("the worker wrote no metrics file") from None
+    except OSError as exc:
+        raise ValueError(f"the metrics file is unreadable ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the metrics file is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or data.get("version") != 1:
+        version = data.get("version") if isinstance(data, dict) else None
+        raise ValueError(f"the metrics file has version {version!r}, expected 1")
+    if not isinstance(data.get("metrics"), list) or not isinstance(data.get("tests", []), list):
+        raise ValueError("the metrics file has no 'metrics' list")
+    return data
+
+
+def _metrics(data: dict[str, Any], secrets: Sequence[str]) -> list[MetricValue]:
+    out = []
+    for m in data["metrics"]:
+        if not isinstance(m, dict) or not m.get("name"):
+            continue
+        value = _number(m.get("value"))
+        samples = [s for s in (_number(x) for x in m.get("samples") or []) if s is not None]
+        error = m.get("error")
+        if m.get("value") is not None and value is None:
+            error = error or f"returned {m.get('value')!r}"
+        if m.get("outcome", "passed") != "passed" and value is not None:
+            value, error = None, error or f"test {m.get('outcome')}"
+        out.append(
+            MetricValue(
+                name=str(m["name"]),
+                value=value,
+                samples=samples if value is not None else [],
+                goal=str(m.get("goal") or "min"),
+                unit=m.get("unit"),
+                error=scrub(str(error), secrets) if error else None,
+            )
+        )
+    return out
+
+
+def _test(t: dict[str, Any], secrets: Sequence[str]) -> TestResult:
+    message = t.get("message")
+    return TestResult(
+        nodeid=str(t.get("nodeid", "")),
+        outcome=str(t.get("outcome", "")),
+        duration=float(t.get("duration") or 0.0),
+        message=scrub(str(message), secrets) if message else None,
+    )
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None (NaN and infinities are not values)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _last_line(text: str | None) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _error_line(tail: str) -> str:
+    """The most telling line of pytest output: the last ``E   ...`` or error line."""
+    lines = [ln.rstrip() for ln in tail.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if ln.startswith("E "):
+            return ln[1:].strip()
+    for ln in reversed(lines):
+        if re.search(r"Error|error:|ERROR", ln) and not re.match(r"^=+ .* =+$", ln):
+            return ln.strip()
+    return lines[-1].strip() if lines else "no output"
