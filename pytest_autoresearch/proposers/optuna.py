@@ -1,0 +1,362 @@
+"""The built-in proposer: Optuna's TPE over the editable files' numeric constants.
+
+Offline and keyless. Each proposal re-reads the constants (the tree holds the
+best commit's values), lets TPE pick new values for a few of them while the rest
+stay put, and rewrites just those literals. The study lives in
+``<state_dir>/optuna.log`` so a resumed run continues it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_autoresearch.proposers.base import (
+    Failure,
+    Outcome,
+    Proposal,
+    ProposalContext,
+    ProposerError,
+    ProposerFatal,
+)
+from pytest_autoresearch.proposers.constants import (
+    HINT_EXAMPLE,
+    Constant,
+    HintError,
+    Space,
+    default_space,
+    find_constants,
+    format_value,
+    rewrite,
+)
+
+if TYPE_CHECKING:
+    import pytest
+
+STUDY_FILE = "optuna.log"
+STUDY_NAME = "autoresearch"
+_SPACES_ATTR = "spaces"  # study user attr: the default ranges, fixed when first seen
+_MAX_ATTEMPTS = 20  # asks allowed to find a suggestion that changes at least one literal
+
+
+class OptunaProposer:
+    """Proposes new values for UPPER_CASE numeric constants with Optuna's TPE sampler."""
+
+    name = "optuna"
+
+    def __init__(self, seed: int | None = None, max_changes: int = 3) -> None:
+        if max_changes < 1:
+            raise ValueError(f"max_changes must be at least 1, got {max_changes}")
+        self.seed = seed
+        self.max_changes = max_changes
+        self._study: Any = None
+        self._study_path: Path | None = None
+
+    def propose(self, ctx: ProposalContext) -> Proposal:
+        """Rewrite a few constants to TPE's next suggestion and describe the change."""
+        constants = _scan(ctx)
+        study = self._open(ctx)
+        spaces = _spaces(study, constants)
+        distributions = {key: _distribution(space) for key, space in spaces.items()}
+        _check_compatible(study, distributions, self._study_path)
+        current = {key: c.value for key, c in constants.items()}
+        if not study.get_trials(deepcopy=False):
+            # The start point, so TPE knows where the best is before it explores.
+            _add_start(study, distributions, current, ctx.best_value)
+        for _ in range(_MAX_ATTEMPTS):
+            trial, changes = self._ask(study, constants, distributions, current)
+            if changes:
+                break
+            # Same literals as the best: its value is known, so say so and ask again.
+            _tell_known(study, trial, ctx.best_value)
+        else:
+            raise ProposerError(
+                f"TPE suggested the current values {_MAX_ATTEMPTS} times in a row; "
+                "the search ranges may be too narrow (see '# search:' hints)"
+            )
+        try:
+            _write(ctx.root, changes)
+        except (OSError, ValueError) as exc:
+            study.tell(trial.number, state=_fail_state())
+            raise ProposerError(f"could not rewrite the constants: {exc}") from exc
+        written = {c: float(format_value(v, c.text).replace("_", "")) for c, v in changes.items()}
+        params: dict[str, float] = {}
+        for key, constant in constants.items():
+            value = written.get(constant, constant.value)
+            params[key] = int(value) if constant.integer else value
+        described = ", ".join(
+            f"{key} {c.text} -> {format_value(changes[c], c.text)}"
+            for key, c in constants.items()
+            if c in changes
+        )
+        return Proposal(
+            description=described,
+            params=params,
+            extra={
+                "optuna_trial": trial.number,
+                "changed": [k for k, c in constants.items() if c in changes],
+            },
+        )
+
+    def repair(self, ctx: ProposalContext, failure: Failure) -> Proposal | None:
+        """A crash means this corner of the space is bad: the study learns that, no repair."""
+        return None
+
+    def observe(self, ctx: ProposalContext, proposal: Proposal, outcome: Outcome) -> None:
+        """Tell the study the candidate's real value (discards too), or that it failed."""
+        number = proposal.extra.get("optuna_trial")
+        if not isinstance(number, int):
+            return  # not one of ours
+        study = self._open(ctx)
+        trials = study.get_trials(deepcopy=False)
+        if number >= len(trials) or trials[number].state.name != "RUNNING":
+            return  # already told (or the study was replaced): nothing to add
+        value = outcome.objective
+        if outcome.status in ("keep", "discard") and value is not None and math.isfinite(value):
+            study.tell(number, float(value))
+        else:
+            study.tell(number, state=_fail_state())
+
+    def close(self) -> None:
+        """Drop the study; everything it learnt is already in its journal file."""
+        self._study = None
+        self._study_path = None
+
+    def _open(self, ctx: ProposalContext) -> Any:
+        """Load or create the study under ``ctx.state_dir`` (once per state dir)."""
+        path = Path(ctx.state_dir) / STUDY_FILE
+        if self._study is not None and self._study_path == path:
+            return self._study
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _cut_torn_tail(path)
+        direction = "maximize" if ctx.goal == "max" else "minimize"
+        try:
+            storage = optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(str(path))
+            )
+            study = optuna.create_study(
+                storage=storage,
+                study_name=STUDY_NAME,
+                direction=direction,
+                sampler=self._sampler(0),
+                load_if_exists=True,
+            )
+        except (ValueError, KeyError, OSError) as exc:
+            raise ProposerFatal(
+                f"cannot open the Optuna study {path}: {exc}. Move the file away to start "
+                "a fresh study (the experiment journal is not affected)."
+            ) from exc
+        if study.direction.name.lower() != direction:
+            raise ProposerFatal(
+                f"the Optuna study {path} was made to {study.direction.name.lower()} but the "
+                f"objective {ctx.objective!r} now has goal {ctx.goal!r}; move the file away "
+                "or use another --autoresearch-tag"
+            )
+        # Asked but never told: the previous run was killed mid-experiment.
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state.name == "RUNNING":
+                study.tell(trial.number, state=_fail_state())
+        # Reseed past the trials already made, so a resumed seeded run does not replay itself.
+        study.sampler = self._sampler(len(study.get_trials(deepcopy=False)))
+        self._study, self._study_path = study, path
+        return study
+
+    def _sampler(self, offset: int) -> Any:
+        from optuna.samplers import TPESampler
+
+        return TPESampler(seed=None if self.seed is None else self.seed + offset)
+
+    def _ask(
+        self,
+        study: Any,
+        constants: dict[str, Constant],
+        distributions: dict[str, Any],
+        current: dict[str, int | float],
+    ) -> tuple[Any, dict[Constant, int | float]]:
+        """One trial: TPE samples a few constants, the others stay at the current values."""
+        from optuna.exceptions import ExperimentalWarning
+        from optuna.samplers import PartialFixedSampler
+
+        number = len(study.get_trials(deepcopy=False))
+        rng = random.Random(None if self.seed is None else f"{self.seed}:{number}")
+        keys = sorted(constants)
+        chosen = set(rng.sample(keys, rng.randint(1, min(self.max_changes, len(keys)))))
+        fixed = {key: value for key, value in current.items() if key not in chosen}
+        base = study.sampler
+        base = getattr(base, "_base_sampler", base)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.sampler = PartialFixedSampler(fixed, base)
+        try:
+            trial = study.ask(distributions)
+        finally:
+            study.sampler = base
+        changes = {}
+        for key in chosen:
+            constant, value = constants[key], trial.params[key]
+            if format_value(value, constant.text) != format_value(constant.value, constant.text):
+                changes[constant] = value
+        return trial, changes
+
+
+def build(config: pytest.Config) -> OptunaProposer:
+    """The ``optuna`` proposer for this session (``--autoresearch-seed`` seeds it)."""
+    seed = config.getoption("autoresearch_seed", None)
+    if seed is None:
+        try:
+            ini = config.getini("autoresearch_seed")
+        except ValueError:
+            ini = None  # the research plugin did not register the key
+        if ini not in (None, "", []):
+            try:
+                seed = int(str(ini).strip())
+            except ValueError:
+                raise ProposerFatal(
+                    f"ini key autoresearch_seed = {ini!r} is not an integer; write e.g. "
+                    "autoresearch_seed = 42"
+                ) from None
+    return OptunaProposer(seed=seed)
+
+
+def _scan(ctx: ProposalContext) -> dict[str, Constant]:
+    """The tunable constants of the editable files, keyed by NAME (path:NAME when clashing)."""
+    found: list[Constant] = []
+    for relpath in ctx.editable_files:
+        if not relpath.endswith(".py"):
+            continue
+        path = Path(ctx.root) / relpath
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ProposerFatal(f"cannot read the editable file {relpath}: {exc}") from exc
+        try:
+            found.extend(c for c in find_constants(data, relpath) if not _frozen(c))
+        except SyntaxError as exc:
+            raise ProposerFatal(
+                f"{relpath}:{exc.lineno}: cannot parse it to find constants ({exc.msg}); "
+                "fix the syntax error in the best commit"
+            ) from None
+        except HintError as exc:
+            raise ProposerFatal(str(exc)) from None
+    if not found:
+        files = ", ".join(ctx.editable_files) or "(none)"
+        raise ProposerFatal(
+            f"the optuna proposer found no tunable constants in the editable files ({files}). "
+            "It tunes module-level UPPER_CASE names assigned an int or float literal once, "
+            f"e.g.  LR = 0.04  # learning rate. Add such constants (range hints: {HINT_EXAMPLE}), "
+            "remove '# search: off' from some, or use an LLM proposer "
+            "(--autoresearch-proposer anthropic)."
+        )
+    names = [c.name for c in found]
+    return {(c.name if names.count(c.name) == 1 else f"{c.path}:{c.name}"): c for c in found}
+
+
+def _frozen(constant: Constant) -> bool:
+    return constant.hint is not None and constant.hint.frozen
+
+
+def _spaces(study: Any, constants: dict[str, Constant]) -> dict[str, Space]:
+    """Each constant's range: its hint, else the default range fixed when the study first saw it.
+
+    Fixing the default range keeps TPE's history comparable as the best values move;
+    a value that has left its stored range (edited by hand) widens it.
+    """
+    stored = dict(study.user_attrs.get(_SPACES_ATTR, {}))
+    spaces: dict[str, Space] = {}
+    for key, constant in constants.items():
+        if constant.hint is not None and constant.hint.space is not None:
+            spaces[key] = constant.hint.space
+            continue
+        space = Space.from_dict(stored[key]) if key in stored else default_space(constant.value)
+        if space.integer != constant.integer:
+            space = default_space(constant.value)
+        if not space.contains(constant.value):
+            low, high = min(space.low, constant.value), max(space.high, constant.value)
+            space = Space(low, high, space.log and low > 0, space.integer)
+        spaces[key] = space
+        stored[key] = space.as_dict()
+    if stored != study.user_attrs.get(_SPACES_ATTR, {}):
+        study.set_user_attr(_SPACES_ATTR, stored)
+    return spaces
+
+
+def _distribution(space: Space) -> Any:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    if space.integer:
+        return IntDistribution(int(space.low), int(space.high), log=space.log)
+    return FloatDistribution(space.low, space.high, log=space.log)
+
+
+def _check_compatible(study: Any, distributions: dict[str, Any], path: Path | None) -> None:
+    """Optuna refuses a parameter whose kind (int/float, log/linear) changed mid-study: say why."""
+    seen: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for key, dist in trial.distributions.items():
+            seen.setdefault(key, dist)
+    for key, new in distributions.items():
+        old = seen.get(key)
+        if old is None:
+            continue
+        if type(old) is not type(new) or getattr(old, "log", None) != new.log:
+            raise ProposerFatal(
+                f"{key} changed kind since the Optuna study began (was {old}, now {new}): an int "
+                "literal became a float, or a '# search:' hint switched log/linear. Restore it, "
+                f"or move {path} away to start a fresh study."
+            )
+
+
+def _add_start(
+    study: Any, distributions: dict[str, Any], params: dict[str, int | float], value: float
+) -> None:
+    """Record the current (best) values and their measured value as a finished trial."""
+    import optuna
+
+    if value is None or not math.isfinite(value):
+        return
+    trial = optuna.trial.create_trial(
+        params=dict(params), distributions=dict(distributions), value=float(value)
+    )
+    study.add_trial(trial)
+
+
+def _tell_known(study: Any, trial: Any, value: float) -> None:
+    if value is not None and math.isfinite(value):
+        study.tell(trial.number, float(value))
+    else:
+        study.tell(trial.number, state=_fail_state())
+
+
+def _fail_state() -> Any:
+    from optuna.trial import TrialState
+
+    return TrialState.FAIL
+
+
+def _write(root: Path, changes: dict[Constant, int | float]) -> None:
+    """Rewrite each touched file once, after every new text is ready."""
+    by_file: dict[str, dict[Constant, int | float]] = {}
+    for constant, value in changes.items():
+        by_file.setdefault(constant.path, {})[constant] = value
+    texts = {
+        relpath: rewrite((Path(root) / relpath).read_bytes(), file_changes)
+        for relpath, file_changes in by_file.items()
+    }
+    for relpath, data in texts.items():
+        (Path(root) / relpath).write_bytes(data)
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a half-written last record (kill -9 mid-append) so the next append starts clean."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
