@@ -1,8 +1,8 @@
 """The research loop: baseline, then propose -> scope check -> evaluate -> decide -> record.
 
-It knows nothing of pytest internals, HTTP or subprocess details: everything it
-works with is handed in (see ``ResearchLoop.__init__``), so tests drive it with
-small fakes and the real parts are tested on their own.
+It knows nothing of pytest internals, HTTP or subprocess details: its collaborators
+are handed in (see ``ResearchLoop.__init__``), so tests can drive it with small
+fakes while the real parts are tested on their own.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_autoresearch import decide
+from pytest_autoresearch import decide, stats
 from pytest_autoresearch.proposers.base import (
     Cost,
     Failure,
@@ -28,9 +28,10 @@ from pytest_autoresearch.proposers.base import (
     ProposerFatal,
 )
 
-# The baseline gets a generous timeout when program.md sets none: it is what the
-# per-experiment timeout is derived from.
+# Without a timeout in program.md the baseline may take up to this long; the
+# per-experiment timeout is then derived from how long the baseline took.
 BASELINE_TIMEOUT = 3600.0
+MAX_RUNS = 2  # evaluations of one candidate at most: the first, and one confirmation
 
 
 class LoopError(Exception):
@@ -38,7 +39,9 @@ class LoopError(Exception):
 
 
 class Evaluator(Protocol):
-    def __call__(self, metric_args: Sequence[str], guard_args: Sequence[str], timeout: float): ...
+    def __call__(
+        self, metric_args: Sequence[str], guard_args: Sequence[str], timeout: float
+    ) -> Any: ...
 
 
 @dataclass
@@ -56,27 +59,36 @@ class LoopSettings:
 
 @dataclass
 class LoopResult:
+    """How the run ended, for the summary and report."""
+
+    objective: str
+    goal: str
     baseline: float
     best: float
-    goal: str
+    sigma: float
     kept: int
     done: int  # experiments journaled in total for this tag
     ran: int  # experiments run by this call
     stop_reason: str
     branch: str
     record_dir: Path
+    holdout: str | None = None
     holdout_baseline: float | None = None
     holdout_best: float | None = None
     cost: Cost = field(default_factory=Cost)
+    interrupted: bool = False
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _better(goal: str, old: float, new: float) -> float:
-    """How much better ``new`` is than ``old`` in the objective's direction."""
-    return old - new if goal == "min" else new - old
+class _Failed(Exception):
+    """An evaluation that produced no usable objective value (crash, timeout, guard, scope)."""
+
+    def __init__(self, status: str, reason: str, log_tail: str = "") -> None:
+        super().__init__(reason)
+        self.failure = Failure(status, reason, log_tail)
 
 
 class ResearchLoop:
@@ -86,7 +98,7 @@ class ResearchLoop:
         self,
         settings: LoopSettings,
         *,
-        repo: Any,  # vcs.ResearchRepo
+        repo: Any,  # vcs.ResearchRepo (started)
         evaluate: Evaluator,
         proposer: Proposer,
         journal: Any,  # journal.Journal
@@ -96,6 +108,7 @@ class ResearchLoop:
     ) -> None:
         self.s = settings
         self.program = settings.program
+        self.objective = self.program.objective
         self.repo = repo
         self.evaluate = evaluate
         self.proposer = proposer
@@ -104,34 +117,43 @@ class ResearchLoop:
         self.on_record = on_record or (lambda rec: None)
         self.clock = clock
         self.goal = "min"
-        self.best = math.nan
-        self.baseline = math.nan
-        self.sigma = 0.0
-        self.best_samples: list[float] = []
+        self.baseline = self.best = math.nan
+        self.best_runs = 1
         self.best_metrics: dict[str, float] = {}
         self.baseline_metrics: dict[str, float] = {}
+        # Groups of repeated runs of one code version (the baseline, confirmed candidates):
+        # the spread within a group is noise; differences between groups are not.
+        self.noise_groups: list[list[float]] = []
         self.timeout = float(self.program.timeout or BASELINE_TIMEOUT)
         self.history: list[PastExperiment] = []
         self.cost = Cost()
         self.kept = 0
         self.done = 0
         self.durations: list[float] = []
+        self.result: LoopResult | None = None
+
+    @property
+    def noise(self) -> stats.NoiseEstimate:
+        return stats.pooled_noise(self.noise_groups)
 
     # -- the whole run ------------------------------------------------------------------
 
     def run(self) -> LoopResult:
-        ran = 0
+        ran, interrupted = 0, False
         stop_reason = f"reached {self.s.experiments} experiments"
         state = self.journal.load()
-        self.journal.write("session", tag=self.s.tag, proposer=self.s.proposer_name,
-                           experiments=self.s.experiments, started=_now())
+        self.journal.write(
+            "session",
+            tag=self.s.tag,
+            proposer=self.s.proposer_name,
+            experiments=self.s.experiments,
+            at=_now(),
+        )
         try:
-            self._restore_state(state)
             if state.baseline is None:
                 self._measure_baseline()
-            if state.unfinished is not None:
-                self.journal.write("interrupted", index=state.unfinished, at=_now())
-                self.echo(f"experiment {state.unfinished} was interrupted last time; running it again")
+            else:
+                self._resume(state)
             while self.done < self.s.experiments:
                 if self.s.max_cost is not None and self.cost.usd >= self.s.max_cost:
                     stop_reason = (
@@ -141,56 +163,62 @@ class ResearchLoop:
                 try:
                     self._experiment(self.done + 1)
                 except ProposerFatal as exc:
-                    stop_reason = f"proposer stopped: {exc}"
                     self.repo.restore()
-                    self.echo(f"stopping: {exc}")
+                    stop_reason = f"the proposer cannot go on: {exc}"
                     break
                 ran += 1
         except KeyboardInterrupt:
-            self.repo.restore()
+            interrupted = True
             stop_reason = "interrupted (Ctrl-C)"
+            self.repo.restore()
             self.journal.write("interrupted", index=self.done + 1, at=_now())
             raise
         finally:
             self.journal.write("end", reason=stop_reason, done=self.done, at=_now())
+            holdout = self.program.holdout
             self.result = LoopResult(
+                objective=self.objective,
+                goal=self.goal,
                 baseline=self.baseline,
                 best=self.best,
-                goal=self.goal,
+                sigma=self.noise.sigma if self.noise_groups else 0.0,
                 kept=self.kept,
                 done=self.done,
                 ran=ran,
                 stop_reason=stop_reason,
                 branch=getattr(self.repo, "branch", ""),
                 record_dir=self.s.record_dir,
-                holdout_baseline=self.baseline_metrics.get(self.program.holdout or ""),
-                holdout_best=self.best_metrics.get(self.program.holdout or ""),
+                holdout=holdout,
+                holdout_baseline=self.baseline_metrics.get(holdout) if holdout else None,
+                holdout_best=self.best_metrics.get(holdout) if holdout else None,
                 cost=self.cost,
+                interrupted=interrupted,
             )
         return self.result
 
-    def _restore_state(self, state: Any) -> None:
-        """Pick up a resumed run: the baseline, best value, noise, history and cost."""
-        if state.baseline is None:
-            return
+    def _resume(self, state: Any) -> None:
+        """Pick up a journaled run: baseline, best, noise, history and cost."""
         base = state.baseline
         self.goal = base["goal"]
-        self.baseline = base["value"]
-        self.sigma = base["sigma"]
+        self.baseline = self.best = base["value"]
+        self.best_runs = len(base["samples"])
+        self.noise_groups = [list(base["samples"])]
         self.baseline_metrics = dict(base.get("metrics") or {})
-        self.best, self.best_samples = self.baseline, list(base["samples"])
         self.best_metrics = dict(self.baseline_metrics)
-        if base.get("timeout"):
-            self.timeout = float(base["timeout"])
+        self.timeout = float(base.get("timeout") or self.timeout)
         for rec in state.records:
-            self._remember(rec)
-        self.done = len(state.records)
+            self._learn(rec)
+        if state.unfinished is not None:
+            self.journal.write("interrupted", index=state.unfinished, at=_now())
+            self.echo(f"experiment {state.unfinished} was cut short last time; running it again")
         self.echo(
-            f"resuming {self.s.tag}: {self.done} experiments done, best "
-            f"{self.program.objective} {self.best:.6g} (baseline {self.baseline:.6g})"
+            f"resuming {self.s.tag}: {self.done} experiments done, best {self.objective} "
+            f"{self.best:.6g} (baseline {self.baseline:.6g})"
         )
 
-    def _remember(self, rec: dict) -> None:
+    def _learn(self, rec: dict) -> None:
+        """Take in one finished experiment (live or read back from the journal)."""
+        self.done += 1
         self.history.append(
             PastExperiment(
                 index=rec["index"],
@@ -203,67 +231,73 @@ class ResearchLoop:
             )
         )
         self.cost = self.cost + Cost(**(rec.get("cost") or {}))
+        runs = rec.get("runs") or []
+        if len(runs) > 1:
+            self.noise_groups.append(list(runs))
         if rec["status"] == "keep":
             self.kept += 1
             self.best = rec["best_after"]
-            self.best_samples = list(rec.get("confirm_samples") or rec["samples"].get(self.program.objective, []))
+            self.best_runs = max(1, len(runs) - 1)
             self.best_metrics = dict(rec.get("metrics") or {})
-        if rec.get("durations", {}).get("total"):
-            self.durations.append(rec["durations"]["total"])
+        total = (rec.get("durations") or {}).get("total")
+        if total:
+            self.durations.append(total)
 
     # -- baseline -----------------------------------------------------------------------
 
     def _measure_baseline(self) -> None:
         runs = self.program.baseline_runs
-        objective = self.program.objective
-        samples: list[float] = []
-        metric_samples: dict[str, list[float]] = {}
+        values: list[float] = []
+        per_metric: dict[str, list[float]] = {}
         slowest = 0.0
-        self.echo(f"measuring the baseline {runs} times to estimate the noise of {objective}")
+        self.echo(f"measuring the baseline {runs} times to estimate the noise of {self.objective}")
         for i in range(runs):
             ev = self.evaluate(self.s.metric_args, self.program.guards, self.timeout)
             if ev.status != "ok" or not ev.guards_passed:
-                why = ev.reason if ev.status != "ok" else "guards failed: " + ", ".join(ev.failed_guards)
+                why = ev.reason or ("guards failed: " + ", ".join(ev.failed_guards))
                 raise LoopError(
-                    f"the baseline run failed ({why}); fix the unmodified code first: nothing "
-                    f"was changed.\n--- last lines of the output ---\n{ev.log_tail}"
+                    f"the baseline run failed ({why}). Fix the unmodified code first; nothing "
+                    f"was changed.\n--- last lines of its output ---\n{ev.log_tail}"
                 )
             if i == 0:
-                goals = {name: m.goal for name, m in ev.metrics.items()}
-                self.program.check_metrics(goals)
-                self.goal = goals[objective]
-            value = ev.metrics[objective].value
+                self.program.check_metrics({name: m.goal for name, m in ev.metrics.items()})
+                self.goal = ev.metrics[self.objective].goal
+            value = ev.metrics[self.objective].value
             if value is None or not math.isfinite(value):
-                raise LoopError(f"the baseline's {objective} is {value}; fix the metric first")
-            samples.extend(ev.metrics[objective].samples or [value])
+                raise LoopError(f"the baseline's {self.objective} is {value}; fix the metric first")
+            values.append(value)
             for name, m in ev.metrics.items():
                 if m.value is not None:
-                    metric_samples.setdefault(name, []).append(m.value)
+                    per_metric.setdefault(name, []).append(m.value)
             slowest = max(slowest, ev.duration)
-            self.echo(f"  baseline {i + 1}/{runs}: {objective} {value:.6g}  ({ev.duration:.1f}s)")
-        self.sigma = decide.noise_sigma(samples)
-        self.baseline = self.best = decide.center(samples)
-        self.best_samples = samples
-        self.baseline_metrics = {k: decide.center(v) for k, v in metric_samples.items()}
+            self.echo(
+                f"  baseline {i + 1}/{runs}: {self.objective} {value:.6g}  ({ev.duration:.1f}s)"
+            )
+        self.noise_groups = [values]
+        self.best_runs = len(values)
+        self.baseline = self.best = stats.mean(values)
+        self.baseline_metrics = {k: stats.mean(v) for k, v in per_metric.items()}
         self.best_metrics = dict(self.baseline_metrics)
         if not self.program.timeout:
             # Room for a slower candidate, but a hang is caught in minutes, not hours.
             self.timeout = max(30.0, 3.0 * slowest)
+        noise = self.noise
         self.journal.write(
             "baseline",
             commit=self.repo.head(),
-            objective=objective,
+            objective=self.objective,
             goal=self.goal,
-            samples=samples,
-            sigma=self.sigma,
+            samples=values,
+            sigma=noise.sigma,
             value=self.baseline,
             metrics=self.baseline_metrics,
             timeout=self.timeout,
             at=_now(),
         )
         self.echo(
-            f"baseline {objective} {self.baseline:.6g} ± {self.sigma:.2g} (noise sigma, "
-            f"{len(samples)} samples); goal: {self.goal}; timeout per experiment {self.timeout:.0f}s"
+            f"baseline {self.objective} {self.baseline:.6g}, noise ±{noise.sigma:.2g} "
+            f"(sigma over {len(values)} runs); goal {self.goal}; "
+            f"timeout {self.timeout:.0f}s per evaluation"
         )
 
     # -- one experiment -----------------------------------------------------------------
@@ -273,11 +307,11 @@ class ResearchLoop:
             root=self.s.root,
             program=self.program,
             editable_files=self.program.editable_files(self.s.root),
-            objective=self.program.objective,
+            objective=self.objective,
             goal=self.goal,
             best_value=self.best,
             baseline_value=self.baseline,
-            noise=self.sigma,
+            noise=self.noise.sigma,
             history=list(self.history),
             experiment=index,
             total=self.s.experiments,
@@ -286,23 +320,21 @@ class ResearchLoop:
         )
 
     def _experiment(self, index: int) -> None:
-        started, t0 = _now(), self.clock()
-        parent = self.repo.head()
-        self.journal.write("start", index=index, parent=parent, at=started)
-        ctx = self._context(index)
+        t0 = self.clock()
         rec: dict[str, Any] = {
             "index": index,
             "total": self.s.experiments,
             "commit": "",
-            "parent": parent,
+            "parent": self.repo.head(),
             "description": "",
             "objective": None,
             "best_before": self.best,
             "best_after": self.best,
             "improvement": None,
-            "noise": self.sigma,
+            "noise": self.noise.sigma,
             "metrics": {},
             "samples": {},
+            "runs": [],
             "guards": {"passed": None, "failed": []},
             "proposer": self.s.proposer_name,
             "params": None,
@@ -311,172 +343,153 @@ class ResearchLoop:
             "lines_removed": 0,
             "cost": Cost().as_dict(),
             "attempts": [],
+            "evaluations": [],
             "log_tail": None,
-            "started": started,
+            "started": _now(),
         }
+        self.journal.write("start", index=index, parent=rec["parent"], at=rec["started"])
+        ctx = self._context(index)
         try:
             proposal = self.proposer.propose(ctx)
         except ProposerError as exc:
             self.repo.restore()
-            self._finish(rec, ctx, None, "error", f"proposer error: {exc}", t0, propose_s=self.clock() - t0)
+            rec["durations"] = {"propose": self.clock() - t0}
+            self._finish(rec, ctx, None, "error", f"proposer error: {exc}", t0)
             return
-        except ProposerFatal:
-            self.journal.write("aborted", index=index, at=_now())
-            raise
-        propose_s = self.clock() - t0
-        rec["description"] = proposal.description
-        rec["params"] = proposal.params
+        rec["durations"] = {"propose": self.clock() - t0}
+        rec.update(description=proposal.description, params=proposal.params)
         cost = proposal.cost
-        rec.update(self._diff_fields())
-
-        rejected = self._scope_violation("the proposal")
-        if rejected:
-            self.repo.restore()
+        try:
+            self._check_scope(rec, "proposal")
+            if not self.repo.changed_files():
+                rec["cost"] = cost.as_dict()
+                self._finish(rec, ctx, proposal, "discard", "the proposal changed nothing", t0)
+                return
+            cost = self._evaluate_with_repairs(rec, ctx, cost)
+        except _Failed as failed:
             rec["cost"] = cost.as_dict()
-            self._finish(rec, ctx, proposal, "rejected", rejected, t0, propose_s)
+            f = failed.failure
+            status = {"rejected": "rejected", "guard": "discard"}.get(f.status, "crash")
+            rec["log_tail"] = f.log_tail or None
+            self._discard(rec, status)
+            self._finish(rec, ctx, proposal, status, f.reason, t0)
             return
-        if not self.repo.changed_files():
-            rec["cost"] = cost.as_dict()
-            self._finish(rec, ctx, proposal, "discard", "the proposal changed nothing", t0, propose_s)
-            return
-
-        ev, failure = self._evaluate_candidate(rec)
-        attempt = 0
-        while failure is not None and attempt < self.s.repair_attempts and failure.status != "rejected":
-            attempt += 1
-            rec["attempts"].append(
-                {"status": failure.status, "reason": failure.reason, "log_tail": failure.log_tail,
-                 "diff": rec["diff"]}
-            )
-            try:
-                fixed = self.proposer.repair(ctx, failure)
-            except ProposerError as exc:
-                rec["attempts"][-1]["repair_error"] = str(exc)
-                fixed = None
-            if fixed is None:
-                break
-            cost = cost + fixed.cost
-            rec["description"] = fixed.description or rec["description"]
-            rec.update(self._diff_fields())
-            rejected = self._scope_violation(f"repair attempt {attempt}")
-            if rejected:
-                failure = Failure("rejected", rejected, "")
-                break
-            ev, failure = self._evaluate_candidate(rec)
         rec["cost"] = cost.as_dict()
-        eval_s = self.clock() - t0 - propose_s
-
-        if failure is not None:
-            status = "rejected" if failure.status == "rejected" else "crash"
-            if failure.status == "guard":
-                status = "discard"
-            rec["log_tail"] = failure.log_tail or None
-            self._snapshot_and_restore(rec, f"{status}: {rec['description']}")
-            self._finish(rec, ctx, proposal, status, failure.reason, t0, propose_s, eval_s)
-            return
-
-        # A valid measurement: constraints, then the noise-aware rule.
-        broken = self._broken_constraints(ev)
-        if broken:
-            self._snapshot_and_restore(rec, f"discard: {rec['description']}")
-            self._finish(rec, ctx, proposal, "discard", broken, t0, propose_s, eval_s)
-            return
-        samples = list(rec["samples"][self.program.objective])
-        verdict = self._decide(samples, rec)
-        if verdict.action == "confirm":
-            self.echo(f"  [{index}] close to the noise floor: confirming ({verdict.reason})")
-            ev2, failure2 = self._evaluate_candidate(rec, confirm=True)
-            if failure2 is None:
-                confirm = list(ev2.metrics[self.program.objective].samples or [ev2.metrics[self.program.objective].value])
-                rec["confirm_samples"] = confirm
-                verdict = self._decide(samples + confirm, rec, confirmed=True)
-            else:
-                verdict = decide.Decision("discard", f"confirmation run failed: {failure2.reason}", None, None)
-        eval_s = self.clock() - t0 - propose_s
+        verdict = self._decide(rec)
+        while verdict.action == "confirm":
+            self.echo(f"  [{index}] {verdict.reason}")
+            try:
+                self._evaluate_once(rec, confirm=True)
+            except _Failed as failed:
+                verdict = decide.Decision(
+                    "discard", f"the confirmation run failed: {failed}", verdict.improvement, None
+                )
+                break
+            verdict = self._decide(rec)
         rec["improvement"] = verdict.improvement
-        rec["decision"] = verdict.action
+        rec["decision"] = verdict.reason
         if verdict.action == "keep":
-            old = self.best
-            self.best = verdict.new_best
-            rec["best_after"] = self.best
-            message = (
-                f"{rec['description']}\n\n{self.program.objective}: {old:.6g} -> {self.best:.6g} "
-                f"(experiment {index}, {verdict.reason})"
+            rec["best_after"] = verdict.new_best
+            rec["commit"] = self.repo.commit(
+                f"{rec['description']}\n\n{self.objective}: {self.best:.6g} -> "
+                f"{verdict.new_best:.6g} (experiment {index}; {verdict.reason})"
             )
-            rec["commit"] = self.repo.commit(message)
-            self.best_metrics = dict(rec["metrics"])
-            self.best_samples = list(rec.get("confirm_samples") or samples)
-            self.kept += 1
-            self._finish(rec, ctx, proposal, "keep", verdict.reason, t0, propose_s, eval_s)
+            self._finish(rec, ctx, proposal, "keep", verdict.reason, t0)
         else:
-            self._snapshot_and_restore(rec, f"discard: {rec['description']}")
-            self._finish(rec, ctx, proposal, "discard", verdict.reason, t0, propose_s, eval_s)
+            self._discard(rec, "discard")
+            self._finish(rec, ctx, proposal, "discard", verdict.reason, t0)
 
-    def _decide(self, samples: list[float], rec: dict, confirmed: bool = False):
+    def _evaluate_with_repairs(self, rec: dict, ctx: ProposalContext, cost: Cost) -> Cost:
+        """Evaluate; after a crash or a failed guard let the proposer fix its change."""
+        attempt = 0
+        while True:
+            try:
+                self._evaluate_once(rec)
+                return cost
+            except _Failed as failed:
+                f = failed.failure
+                if f.status == "rejected" or attempt >= self.s.repair_attempts:
+                    raise
+                attempt += 1
+                rec["attempts"].append(
+                    {"status": f.status, "reason": f.reason, "log_tail": f.log_tail,
+                     "diff": rec["diff"]}
+                )  # fmt: skip
+                try:
+                    fixed = self.proposer.repair(ctx, f)
+                except ProposerError as exc:
+                    rec["attempts"][-1]["repair_error"] = str(exc)
+                    raise failed from None
+                if fixed is None:
+                    raise
+                cost = cost + fixed.cost
+                rec["description"] = fixed.description or rec["description"]
+                rec["samples"], rec["runs"], rec["metrics"] = {}, [], {}
+                self._check_scope(rec, f"repair attempt {attempt}")
+
+    def _evaluate_once(self, rec: dict, confirm: bool = False) -> None:
+        """One evaluation of the candidate; adds its values to ``rec`` or raises _Failed."""
+        ev = self.evaluate(self.s.metric_args, self.program.guards, self.timeout)
+        rec["evaluations"].append(
+            {"status": ev.status, "duration": round(ev.duration, 3), "confirm": confirm}
+        )
+        self._check_scope(rec, "evaluation")
+        if ev.status != "ok":
+            raise _Failed(ev.status, ev.reason, ev.log_tail)
+        objective = ev.metrics.get(self.objective)
+        if objective is None or objective.value is None or not math.isfinite(objective.value):
+            why = (objective.error if objective is not None else None) or "no value reported"
+            raise _Failed("crash", f"{self.objective}: {why}", ev.log_tail)
+        rec["guards"] = {"passed": ev.guards_passed, "failed": list(ev.failed_guards)}
+        if not ev.guards_passed:
+            raise _Failed("guard", "guard failed: " + ", ".join(ev.failed_guards), ev.log_tail)
+        rec["runs"].append(objective.value)
+        for name, m in ev.metrics.items():
+            if m.value is not None:
+                rec["samples"].setdefault(name, []).extend(m.samples or [m.value])
+                rec.setdefault("_values", {}).setdefault(name, []).append(m.value)
+                rec["metrics"][name] = stats.mean(rec["_values"][name])
+        rec["objective"] = stats.mean(rec["runs"])
+        violations = decide.constraint_violations(self.program.constraints, rec["metrics"])
+        if violations:
+            raise _Failed("guard", "constraint violated: " + "; ".join(violations), ev.log_tail)
+
+    def _decide(self, rec: dict) -> decide.Decision:
+        noise = self.noise
         return decide.keep_decision(
             goal=self.goal,
             best=self.best,
-            sigma=self.sigma,
-            candidate=samples,
+            sigma=noise.sigma,
+            df=noise.df,
+            candidate=rec["runs"],
+            best_runs=self.best_runs,
             min_delta=self.program.min_delta,
-            confirmed=confirmed,
-            lines_removed=max(0, rec["lines_removed"] - rec["lines_added"]),
+            lines_added=rec["lines_added"],
+            lines_removed=rec["lines_removed"],
+            max_runs=MAX_RUNS,
         )
 
-    def _evaluate_candidate(self, rec: dict, confirm: bool = False):
-        """Run the tests on the candidate; returns (evaluation, failure or None)."""
-        ev = self.evaluate(self.s.metric_args, self.program.guards, self.timeout)
-        rec.setdefault("evaluations", []).append(
-            {"status": ev.status, "duration": ev.duration, "confirm": confirm}
+    def _check_scope(self, rec: dict, after: str) -> None:
+        """Reject the candidate when anything outside the editable files changed."""
+        outside = self.repo.out_of_scope(
+            self.program.is_editable, after="evaluation" if after == "evaluation" else "proposal"
         )
-        rejected = self._scope_violation("the evaluation")
-        if rejected:
-            return ev, Failure("rejected", rejected, ev.log_tail)
-        if ev.status != "ok":
-            return ev, Failure(ev.status, ev.reason, ev.log_tail)
-        objective = ev.metrics.get(self.program.objective)
-        if objective is None or objective.value is None or not math.isfinite(objective.value):
-            why = (objective.error if objective is not None else None) or "no value"
-            return ev, Failure("crash", f"{self.program.objective}: {why}", ev.log_tail)
-        for name, m in ev.metrics.items():
-            if m.value is not None:
-                if confirm:
-                    # The record's metrics are the medians of all runs of this candidate.
-                    rec["samples"].setdefault(name, []).extend(m.samples or [m.value])
-                    rec["metrics"][name] = decide.center(rec["samples"][name])
-                else:
-                    rec["samples"][name] = list(m.samples or [m.value])
-                    rec["metrics"][name] = m.value
-        rec["objective"] = rec["metrics"][self.program.objective]
-        rec["guards"] = {"passed": ev.guards_passed, "failed": list(ev.failed_guards)}
-        if not ev.guards_passed:
-            return ev, Failure("guard", "guards failed: " + ", ".join(ev.failed_guards), ev.log_tail)
-        return ev, None
+        if after != "evaluation":
+            added, removed = self.repo.lines_changed()
+            rec.update(diff=self.repo.diff_text(), lines_added=added, lines_removed=removed)
+        if outside:
+            shown = ", ".join(outside[:5]) + (
+                f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+            )
+            raise _Failed(
+                "rejected", f"the {after} changed files outside the editable globs: {shown}"
+            )
 
-    def _broken_constraints(self, ev: Any) -> str:
-        broken = []
-        for c in self.program.constraints:
-            m = ev.metrics.get(c.metric)
-            if m is None or m.value is None:
-                broken.append(f"{c.text} (no value)")
-            elif not c.holds(m.value):
-                broken.append(f"{c.text} (got {m.value:.6g})")
-        return ("constraint broken: " + "; ".join(broken)) if broken else ""
-
-    def _scope_violation(self, what: str) -> str:
-        outside = self.repo.out_of_scope(self.program.is_editable)
-        if not outside:
-            return ""
-        shown = ", ".join(outside[:5]) + (f" and {len(outside) - 5} more" if len(outside) > 5 else "")
-        return f"{what} changed files outside the editable globs: {shown}"
-
-    def _diff_fields(self) -> dict[str, Any]:
-        added, removed = self.repo.lines_changed()
-        return {"diff": self.repo.diff_text(), "lines_added": added, "lines_removed": removed}
-
-    def _snapshot_and_restore(self, rec: dict, message: str) -> None:
+    def _discard(self, rec: dict, status: str) -> None:
+        """Keep the candidate inspectable as a dangling commit, then restore the best tree."""
         try:
-            rec["commit"] = self.repo.snapshot(message)
+            if self.repo.changed_files():
+                rec["commit"] = self.repo.snapshot(f"{status}: {rec['description']}")
         finally:
             self.repo.restore()
 
@@ -488,36 +501,28 @@ class ResearchLoop:
         status: str,
         reason: str,
         t0: float,
-        propose_s: float,
-        eval_s: float = 0.0,
     ) -> None:
+        rec.pop("_values", None)
         total = self.clock() - t0
-        rec["status"] = status
-        rec["reason"] = reason
-        rec.setdefault("decision", status)
-        rec["durations"] = {"propose": round(propose_s, 3), "evaluate": round(eval_s, 3),
-                            "total": round(total, 3)}
-        rec["finished"] = _now()
+        propose = rec["durations"].get("propose", 0.0)
+        evaluate = sum(e["duration"] for e in rec["evaluations"])
+        rec["durations"] = {
+            "propose": round(propose, 3),
+            "evaluate": round(evaluate, 3),
+            "total": round(total, 3),
+        }
+        rec.update(status=status, reason=reason, finished=_now())
+        rec.setdefault("decision", reason)
         self.journal.record(rec)
-        self.done += 1
-        self.durations.append(total)
-        self._remember_after(rec)
+        self._learn(rec)
         if proposal is not None:
             self.proposer.observe(ctx, proposal, Outcome(status, rec["objective"], reason))
         self.on_record(rec)
         self.echo(self._line(rec))
-
-    def _remember_after(self, rec: dict) -> None:
-        self.history.append(
-            PastExperiment(rec["index"], rec["description"], rec["status"], rec["objective"],
-                           rec["improvement"], rec["reason"], rec["params"])
-        )
-        self.cost = self.cost + Cost(**rec["cost"])
 
     def _line(self, rec: dict) -> str:
         from pytest_autoresearch import report
 
         remaining = self.s.experiments - self.done
         avg = sum(self.durations) / len(self.durations) if self.durations else 0.0
-        return report.format_line(rec, objective=self.program.objective, noise=self.sigma,
-                                  eta_seconds=remaining * avg)
+        return report.format_line(rec, objective=self.objective, eta_seconds=remaining * avg)

@@ -155,7 +155,8 @@ def run_research_session(session: pytest.Session) -> None:
             raise pytest.UsageError(str(exc)) from None
         echo(
             f"autoresearch {tag}: {experiments} experiments on branch {repo.branch}, "
-            f"objective {program.objective}, {len(metric_ids)} metric test(s), record in {record_dir}"
+            f"objective {program.objective}, {len(metric_ids)} metric test(s), "
+            f"record in {record_dir}"
         )
         journal = Journal(record_dir, program.objective)
         settings = LoopSettings(
