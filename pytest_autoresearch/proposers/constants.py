@@ -139,7 +139,7 @@ def format_value(value: float, original: str) -> str:
     if _literal_kind(body) is int:
         number = int(round(value))
         return f"{number:_}" if "_" in body else str(number)
-    value = float(f"{value:.{_SIGNIFICANT - 1}e}")
+    value = round_float(value)
     if "e" in body.lower():
         return _scientific(value, body)
     text = format(Decimal(repr(value)), "f")
@@ -148,6 +148,11 @@ def format_value(value: float, original: str) -> str:
     if text.startswith("0.") and body.startswith("."):
         text = text[1:]  # keep ".5" style
     return text
+
+
+def round_float(value: float) -> float:
+    """The float that ``format_value`` writes for ``value`` (a few significant digits)."""
+    return float(f"{value:.{_SIGNIFICANT - 1}e}")
 
 
 def default_space(value: int | float) -> Space:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import random
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from pytest_autoresearch.proposers.constants import (
     find_constants,
     format_value,
     rewrite,
+    round_float,
 )
 
 if TYPE_CHECKING:
@@ -82,11 +82,7 @@ class OptunaProposer:
         except (OSError, ValueError) as exc:
             study.tell(trial.number, state=_fail_state())
             raise ProposerError(f"could not rewrite the constants: {exc}") from exc
-        written = {c: float(format_value(v, c.text).replace("_", "")) for c, v in changes.items()}
-        params: dict[str, float] = {}
-        for key, constant in constants.items():
-            value = written.get(constant, constant.value)
-            params[key] = int(value) if constant.integer else value
+        params = {key: trial.params[key] for key in constants}
         described = ", ".join(
             f"{key} {c.text} -> {format_value(changes[c], c.text)}"
             for key, c in constants.items()
@@ -180,23 +176,17 @@ class OptunaProposer:
         current: dict[str, int | float],
     ) -> tuple[Any, dict[Constant, int | float]]:
         """One trial: TPE samples a few constants, the others stay at the current values."""
-        from optuna.exceptions import ExperimentalWarning
-        from optuna.samplers import PartialFixedSampler
-
         number = len(study.get_trials(deepcopy=False))
         rng = random.Random(None if self.seed is None else f"{self.seed}:{number}")
         keys = sorted(constants)
         chosen = set(rng.sample(keys, rng.randint(1, min(self.max_changes, len(keys)))))
         fixed = {key: value for key, value in current.items() if key not in chosen}
-        base = study.sampler
-        base = getattr(base, "_base_sampler", base)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            study.sampler = PartialFixedSampler(fixed, base)
+        tpe = study.sampler
+        study.sampler = _fixed_and_rounded(fixed, tpe)
         try:
             trial = study.ask(distributions)
         finally:
-            study.sampler = base
+            study.sampler = tpe
         changes = {}
         for key in chosen:
             constant, value = constants[key], trial.params[key]
@@ -292,6 +282,43 @@ def _distribution(space: Space) -> Any:
     if space.integer:
         return IntDistribution(int(space.low), int(space.high), log=space.log)
     return FloatDistribution(space.low, space.high, log=space.log)
+
+
+def _fixed_and_rounded(fixed: dict[str, int | float], base: Any) -> Any:
+    """A sampler that keeps ``fixed`` params and rounds the base sampler's floats as written.
+
+    Rounding at sampling time makes each trial's params exactly the file's values,
+    so the study's best params are values that really were measured.
+    """
+    from optuna.samplers import BaseSampler
+
+    class FixedAndRounded(BaseSampler):
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            return {}  # independent sampling only: TPE's default, and what fixing needs
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+            return {}
+
+        def sample_independent(self, study: Any, trial: Any, name: str, dist: Any) -> Any:
+            if name in fixed:
+                return fixed[name]
+            value = base.sample_independent(study, trial, name, dist)
+            if isinstance(value, float):
+                rounded = round_float(value)
+                # A bound with more digits than we write could round outside: keep it exact.
+                value = rounded if dist.low <= rounded <= dist.high else value
+            return value
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            base.before_trial(study, trial)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            base.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            base.reseed_rng()
+
+    return FixedAndRounded()
 
 
 def _check_compatible(study: Any, distributions: dict[str, Any], path: Path | None) -> None:

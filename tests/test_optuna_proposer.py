@@ -1,0 +1,320 @@
+"""The built-in Optuna proposer against real files and the real Optuna study."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from pytest_autoresearch.proposers.base import (
+    Failure,
+    Outcome,
+    ProposalContext,
+    Proposer,
+    ProposerFatal,
+)
+from pytest_autoresearch.proposers.constants import Space, default_space, find_constants
+from pytest_autoresearch.proposers.optuna import STUDY_FILE, STUDY_NAME, OptunaProposer, build
+
+TRAIN = """\
+# Hyperparameters
+LR           = 0.04     # learning rate
+DEPTH        = 4        # layers
+WEIGHT_DECAY = 1e-4     # decay
+BETA2        = 0.95     # Adam beta2
+SOFTCAP      = -2.5     # negative
+DROPOUT      = 0.1      # a fraction
+WIDTH        = 64       # search: 16..256
+SCALE        = 2.0      # search: 1..4 log
+SEED         = 1337     # search: off
+
+
+def train():
+    return LR * DEPTH
+"""
+
+
+def make_ctx(root: Path, files=("train.py",), best=1.0, goal="min", experiment=1):
+    return ProposalContext(
+        root=root,
+        program=None,  # the optuna proposer reads only the files, never the program text
+        editable_files=list(files),
+        objective="loss",
+        goal=goal,
+        best_value=best,
+        baseline_value=best,
+        noise=0.0,
+        history=[],
+        experiment=experiment,
+        total=100,
+        state_dir=root / ".autoresearch" / "tag",
+    )
+
+
+def values(path: Path) -> dict[str, int | float]:
+    return {c.name: c.value for c in find_constants(path.read_bytes(), path.name)}
+
+
+def load_study(root: Path):
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(root / ".autoresearch" / "tag" / STUDY_FILE))
+    )
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "train.py").write_text(TRAIN)
+    (tmp_path / "README.md").write_text("LR = 0.5 is not Python\n")
+    return tmp_path
+
+
+def test_it_is_a_proposer_that_never_repairs(project):
+    proposer = OptunaProposer(seed=0)
+    assert isinstance(proposer, Proposer) and proposer.name == "optuna"
+    ctx = make_ctx(project)
+    assert proposer.repair(ctx, Failure("crash", "boom", "Traceback...")) is None
+
+
+def test_a_proposal_rewrites_a_few_literals_and_nothing_else(project):
+    proposer = OptunaProposer(seed=3)
+    before = (project / "train.py").read_text().splitlines()
+    proposal = proposer.propose(make_ctx(project))
+    after = (project / "train.py").read_text().splitlines()
+    assert len(after) == len(before)
+    changed = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
+    names = [before[i].split()[0] for i in changed]
+    assert 1 <= len(changed) <= 3
+    assert sorted(names) == sorted(proposal.extra["changed"])
+    for i in changed:
+        # Name, alignment and comment survive: only the value field differs.
+        old, new = before[i].split("#")[0].split(), after[i].split("#")[0].split()
+        assert old[:2] == new[:2] and old[2] != new[2]
+        assert before[i].split("#", 1)[1] == after[i].split("#", 1)[1]
+    # The description names each change, in the file's own notation.
+    for i in changed:
+        name, old_text = before[i].split()[0], before[i].split()[2]
+        new_text = after[i].split()[2]
+        assert f"{name} {old_text} -> {new_text}" in proposal.description
+    # params: the full dict of the trial, exactly as written to the file.
+    now = values(project / "train.py")
+    del now["SEED"]  # frozen, so not a parameter
+    assert proposal.params == now
+    assert isinstance(proposal.params["DEPTH"], int)
+    assert (project / "README.md").read_text() == "LR = 0.5 is not Python\n"
+    assert proposal.cost.usd == 0.0
+
+
+def test_ranges_hints_and_int_kinds_hold_over_many_proposals(project):
+    proposer = OptunaProposer(seed=11)
+    train = project / "train.py"
+    original = train.read_bytes()
+    start = values(train)
+    ranges = {name: default_space(value) for name, value in start.items()}
+    ranges["WIDTH"] = Space(16, 256, False, True)
+    ranges["SCALE"] = Space(1.0, 4.0, True, False)
+    seen: dict[str, set] = {name: set() for name in start}
+    for i in range(40):
+        ctx = make_ctx(project, best=1.0, experiment=i + 1)
+        proposal = proposer.propose(ctx)
+        now = values(train)
+        for name, value in now.items():
+            seen[name].add(value)
+            space = ranges[name]
+            tolerance = 1e-9 * max(1.0, abs(space.high))
+            assert space.low - tolerance <= value <= space.high + tolerance, (name, value)
+            assert isinstance(value, int) == isinstance(start[name], int), (name, value)
+        assert now["SEED"] == 1337  # '# search: off' freezes it
+        assert 0 < now["DROPOUT"] <= 1 and 0 < now["BETA2"] <= 1  # fractions stay fractions
+        proposer.observe(ctx, proposal, Outcome("discard", 1.0 + 0.01 * i, "no better"))
+        train.write_bytes(original)  # the loop restores the best commit after a discard
+    proposer.close()
+    # Every tunable constant was actually explored, over a spread of values.
+    for name in start:
+        if name != "SEED":
+            assert len(seen[name]) >= 4, (name, seen[name])
+
+
+def test_no_constants_stops_with_a_message_that_says_what_it_looks_for(tmp_path):
+    (tmp_path / "model.py").write_text("lr = 0.04\n\ndef f():\n    DEPTH = 4\n")
+    (tmp_path / "notes.txt").write_text("LR = 0.04\n")
+    with pytest.raises(ProposerFatal) as excinfo:
+        OptunaProposer().propose(make_ctx(tmp_path, files=["model.py", "notes.txt"]))
+    message = str(excinfo.value)
+    assert "no tunable constants in the editable files (model.py, notes.txt)" in message
+    assert "module-level UPPER_CASE names assigned an int or float literal" in message
+    assert "LR = 0.04" in message
+    assert not (tmp_path / ".autoresearch").exists() or not any(
+        (tmp_path / ".autoresearch").rglob("*.log")
+    )
+
+
+def test_frozen_only_file_is_fatal_too(tmp_path):
+    (tmp_path / "train.py").write_text("SEED = 1  # search: off\n")
+    with pytest.raises(ProposerFatal, match="remove '# search: off'"):
+        OptunaProposer().propose(make_ctx(tmp_path))
+
+
+def test_bad_hint_and_syntax_error_are_fatal_with_the_place(tmp_path):
+    (tmp_path / "train.py").write_text("X = 1\nLR = 0.04  # search: 0.1..0.001\n")
+    with pytest.raises(ProposerFatal, match=r"train.py:2 \(LR\): .*LOW < HIGH"):
+        OptunaProposer().propose(make_ctx(tmp_path))
+    (tmp_path / "train.py").write_text("X = 1\nLR = = 0.04\n")
+    with pytest.raises(ProposerFatal, match=r"train.py:2: cannot parse it.*syntax error"):
+        OptunaProposer().propose(make_ctx(tmp_path))
+
+
+def test_same_name_in_two_files_gets_a_path_key(tmp_path):
+    (tmp_path / "a.py").write_text("LR = 0.1\nONLY_A = 5\n")
+    (tmp_path / "b.py").write_text("LR = 0.2\n")
+    proposal = OptunaProposer(seed=0).propose(make_ctx(tmp_path, files=["a.py", "b.py"]))
+    assert set(proposal.params) == {"a.py:LR", "b.py:LR", "ONLY_A"}
+
+
+def test_observe_tells_values_and_failures_and_the_study_persists(project):
+    train = project / "train.py"
+    original = train.read_bytes()
+    first = OptunaProposer(seed=5)
+    outcomes = [
+        Outcome("discard", 1.2, "worse"),
+        Outcome("crash", None, "NaN loss"),
+        Outcome("keep", 0.8, "improved"),
+        Outcome("rejected", None, "scope"),
+    ]
+    kept_params = None
+    for i, outcome in enumerate(outcomes):
+        ctx = make_ctx(project, best=1.0, experiment=i + 1)
+        proposal = first.propose(ctx)
+        first.observe(ctx, proposal, outcome)
+        first.observe(ctx, proposal, outcome)  # a second word on the same trial is ignored
+        if outcome.status == "keep":
+            kept_params = proposal.params
+        else:
+            train.write_bytes(original)
+    first.close()
+
+    study = load_study(project)
+    states = [t.state.name for t in study.trials]
+    # The start point (current values, best value), then the proposals; retries that
+    # landed on the current values are told the best value.
+    assert states[0] == "COMPLETE" and study.trials[0].value == 1.0
+    assert states.count("FAIL") == 2
+    assert study.best_value == 0.8
+    assert study.best_params == kept_params
+    assert study.direction.name == "MINIMIZE"
+    count = len(study.trials)
+
+    # A new proposer on the same state dir continues the same study.
+    second = OptunaProposer(seed=5)
+    ctx = make_ctx(project, best=0.8, experiment=5)
+    proposal = second.propose(ctx)
+    second.observe(ctx, proposal, Outcome("discard", 0.9, "worse"))
+    second.close()
+    study = load_study(project)
+    assert len(study.trials) > count
+    assert study.trials[0].value == 1.0  # not re-seeded with a second start point
+    assert study.best_value == 0.8 and study.trials[-1].value == 0.9
+
+
+def test_a_trial_left_open_by_a_killed_run_does_not_break_resume(project):
+    ctx = make_ctx(project)
+    OptunaProposer(seed=1).propose(ctx)  # never observed: the run was killed
+    log = project / ".autoresearch" / "tag" / STUDY_FILE
+    with log.open("ab") as handle:
+        handle.write(b'{"op_code": 5, "worker_id": "x", "trial_id": 1, "par')  # torn write
+    proposer = OptunaProposer(seed=1)
+    proposal = proposer.propose(ctx)
+    proposer.observe(ctx, proposal, Outcome("discard", 2.0, "worse"))
+    study = load_study(project)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states
+    assert "FAIL" in states and states[-1] == "COMPLETE"
+
+
+def test_a_study_made_for_the_other_goal_is_refused(project):
+    OptunaProposer(seed=1).propose(make_ctx(project, goal="min"))
+    with pytest.raises(ProposerFatal, match="was made to minimize.*goal 'max'.*--autoresearch-tag"):
+        OptunaProposer(seed=1).propose(make_ctx(project, goal="max"))
+
+
+def test_a_constant_that_changed_kind_mid_study_is_explained(tmp_path):
+    train = tmp_path / "train.py"
+    train.write_text("SCALE = 2.0  # search: 1..4 log\n")
+    proposer = OptunaProposer(seed=1)
+    ctx = make_ctx(tmp_path)
+    proposer.observe(ctx, proposer.propose(ctx), Outcome("discard", 2.0, "worse"))
+    proposer.close()
+    train.write_text("SCALE = 2.0  # search: 1..4 linear\n")
+    with pytest.raises(ProposerFatal, match="SCALE changed kind.*log/linear.*optuna.log away"):
+        OptunaProposer(seed=1).propose(ctx)
+
+
+def test_maximising_studies_learn_upwards(tmp_path):
+    train = tmp_path / "train.py"
+    train.write_text("X = 1.0\n")
+    proposer = OptunaProposer(seed=2)
+    best = 1.0
+    for i in range(20):
+        ctx = make_ctx(tmp_path, best=best, goal="max", experiment=i + 1)
+        saved = train.read_bytes()
+        proposal = proposer.propose(ctx)
+        value = values(train)["X"]  # objective: X itself, to be maximised
+        status = "keep" if value > best else "discard"
+        best = max(best, value)
+        if status == "discard":
+            train.write_bytes(saved)
+        proposer.observe(ctx, proposal, Outcome(status, value, ""))
+    assert load_study(tmp_path).direction.name == "MAXIMIZE"
+    assert best > 5.0  # default range for 1.0 is [0.1, 10] on a log scale
+
+
+def toy_research(root: Path, seed: int, trials: int) -> tuple[float, list[float]]:
+    """A miniature keep/discard loop: objective (X-3)^2 read from the file after each proposal."""
+    toy = root / "toy.py"
+    toy.write_text("X = 8.0  # the knob; the objective is (X - 3)^2\n")
+
+    def objective() -> float:
+        return (values(toy)["X"] - 3.0) ** 2
+
+    proposer = OptunaProposer(seed=seed)
+    best, errors = objective(), []
+    for i in range(trials):
+        ctx = make_ctx(root, files=["toy.py"], best=best, experiment=i + 1)
+        saved = toy.read_bytes()
+        proposal = proposer.propose(ctx)
+        value = objective()
+        errors.append(math.sqrt(value))
+        if value < best:
+            best, status = value, "keep"
+        else:
+            toy.write_bytes(saved)
+            status = "discard"
+        proposer.observe(ctx, proposal, Outcome(status, value, ""))
+    proposer.close()
+    return math.sqrt(best), errors
+
+
+def test_tpe_learns_a_toy_objective(tmp_path):
+    best_error, errors = toy_research(tmp_path, seed=0, trials=30)
+    # The range searched is [0.8, 80] on a log scale; TPE homes in on 3.
+    assert best_error < 0.3
+    # Its guided trials land far closer than its first (random) ones.
+    assert statistics.median(errors[-10:]) < statistics.median(errors[:10]) / 2
+    assert abs(values(tmp_path / "toy.py")["X"] - 3.0) == pytest.approx(best_error, abs=1e-9)
+
+
+def test_build_reads_the_seed_option(pytester):
+    assert build(pytester.parseconfig("--autoresearch-seed", "7")).seed == 7
+    pytester.makeini("[pytest]\nautoresearch_seed = 11\n")
+    proposer = build(pytester.parseconfig())
+    assert isinstance(proposer, OptunaProposer) and proposer.seed == 11
+    pytester.makeini("[pytest]\nautoresearch_seed = eleven\n")
+    with pytest.raises(ProposerFatal, match="autoresearch_seed = 'eleven' is not an integer"):
+        build(pytester.parseconfig())
+    # Without the research plugin the option is missing: build still works, unseeded.
+    pytester.makeini("[pytest]\n")
+    assert build(pytester.parseconfig("-p", "no:autoresearch")).seed is None
