@@ -107,6 +107,7 @@ class EditorSandbox:
         self.max_bytes = max_bytes
         self.changed: list[str] = []  # relative paths written, in order of first change
         self.refused = 0  # commands answered with an error
+        self.writes = 0  # successful writes, so a caller can tell whether an exchange edited
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -297,6 +298,7 @@ class EditorSandbox:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        self.writes += 1
         if rel not in self.changed:
             self.changed.append(rel)
 

@@ -1,0 +1,344 @@
+"""A loopback HTTP server that speaks enough of the Messages and Chat Completions APIs.
+
+Tests point the real ``anthropic`` and ``openai`` SDKs at it (``base_url=server.url``)
+and script its answers: each request takes the next entry of ``server.script`` -- a
+response body (dict), a ``Reply`` (status, body, headers), or a callable that gets
+the parsed ``Request`` and returns one of those. Every request is recorded, so a
+test can assert on what the model was told and on the headers that were sent.
+Nothing here reaches the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from pytest_autoresearch.proposers.base import ProposalContext
+from pytest_autoresearch.proposers.sandbox import TOOL_NAME, glob_matcher
+
+API_KEY = "sk-ant-test-0123456789abcdefSECRET"
+OPENAI_KEY = "sk-oai-test-0123456789abcdefSECRET"
+_ids = itertools.count(1)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # parsed JSON, or None
+    raw: bytes
+
+
+class LLMServer:
+    """A ThreadingHTTPServer on 127.0.0.1:0 answering from a per-test script."""
+
+    def __init__(self, deadline: float = 60.0) -> None:
+        self.script: list[Any] = []
+        self.requests: list[Request] = []
+        self.unexpected: list[str] = []
+        self.models_reply: Reply | None = None  # GET /v1/models[/id]; None = a model list
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                req = Request(
+                    self.command,
+                    self.path,
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    raw,
+                )
+                reply = server._answer(req)
+                data = json.dumps(reply.body).encode()
+                self.send_response(reply.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for k, v in reply.headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        # A watchdog: a test that waits on the server past its deadline fails, not hangs.
+        self._watchdog = threading.Timer(deadline, self.stop)
+        self._watchdog.daemon = True
+
+    def _answer(self, req: Request) -> Reply:
+        with self._lock:
+            self.requests.append(req)
+            if req.path.rstrip("/").split("?")[0].startswith("/v1/models"):
+                return self.models_reply or Reply(
+                    200,
+                    {
+                        "data": [{"id": "test-model", "type": "model"}],
+                        "id": "test-model",
+                        "type": "model",
+                        "display_name": "Test",
+                        "created_at": "2026-01-01T00:00:00Z",
+                        "object": "list",
+                    },
+                )
+            if not self.script:
+                self.unexpected.append(f"{req.method} {req.path}")
+                return Reply(
+                    500,
+                    error_body(500, "api_error", "script exhausted"),
+                    {"x-should-retry": "false"},
+                )
+            entry = self.script.pop(0)
+        if callable(entry):
+            entry = entry(req)
+        return entry if isinstance(entry, Reply) else Reply(200, entry)
+
+    def add(self, *entries: Any) -> LLMServer:
+        self.script.extend(entries)
+        return self
+
+    def posts(self) -> list[Request]:
+        return [r for r in self.requests if r.method == "POST"]
+
+    def start(self) -> LLMServer:
+        self._thread.start()
+        self._watchdog.start()
+        return self
+
+    def stop(self) -> None:
+        self._watchdog.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextlib.contextmanager
+def running_server(deadline: float = 60.0) -> Iterator[LLMServer]:
+    server = LLMServer(deadline).start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+# -- Messages API bodies ----------------------------------------------------------------
+
+
+def error_body(status: int, kind: str, message: str) -> dict:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def api_error(status: int, kind: str, message: str = "error") -> Reply:
+    """An API error; ``retry-after-ms: 1`` keeps the SDK's backoff fast."""
+    return Reply(status, error_body(status, kind, message), {"retry-after-ms": "1"})
+
+
+def text(t: str) -> dict:
+    return {"type": "text", "text": t}
+
+
+def edit(command: str, path: str, **kw: Any) -> dict:
+    """A tool_use block for the text editor tool."""
+    return {
+        "type": "tool_use",
+        "id": f"toolu_{next(_ids):04d}",
+        "name": TOOL_NAME,
+        "input": {"command": command, "path": path, **kw},
+    }
+
+
+def message(*blocks: dict, stop_reason: str | None = None, usage: dict | None = None) -> dict:
+    tool = any(b["type"] == "tool_use" for b in blocks)
+    return {
+        "id": f"msg_{next(_ids):04d}",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-5-5",
+        "content": list(blocks),
+        "stop_reason": stop_reason or ("tool_use" if tool else "end_turn"),
+        "stop_sequence": None,
+        "usage": usage
+        or {
+            "input_tokens": 1000,
+            "output_tokens": 100,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def tool_results(req: Request) -> list[dict]:
+    """The tool_result blocks of the last user message of a Messages request."""
+    last = req.body["messages"][-1]
+    content = last["content"] if isinstance(last["content"], list) else []
+    return [b for b in content if b.get("type") == "tool_result"]
+
+
+def result_text(block: dict) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        return "".join(c.get("text", "") for c in content)
+    return content or ""
+
+
+# -- Chat Completions bodies ------------------------------------------------------------
+
+
+def call(command: str, path: str, **kw: Any) -> dict:
+    """A tool call for the editor function, arguments as a JSON string."""
+    return {
+        "id": f"call_{next(_ids):04d}",
+        "type": "function",
+        "function": {
+            "name": TOOL_NAME,
+            "arguments": json.dumps({"command": command, "path": path, **kw}),
+        },
+    }
+
+
+def chat(
+    content: str | None = None,
+    *calls: dict,
+    usage: dict | None = None,
+    finish_reason: str | None = None,
+) -> dict:
+    msg: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        msg["tool_calls"] = list(calls)
+    return {
+        "id": f"chatcmpl-{next(_ids)}",
+        "object": "chat.completion",
+        "created": 1_790_000_000,
+        "model": "test-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": msg,
+                "finish_reason": finish_reason or ("tool_calls" if calls else "stop"),
+            }
+        ],
+        "usage": usage or {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100},
+    }
+
+
+def chat_error(status: int, message: str = "error") -> Reply:
+    return Reply(
+        status,
+        {"error": {"message": message, "type": "error", "code": None}},
+        {"retry-after-ms": "1"},
+    )
+
+
+def tool_messages(req: Request) -> list[dict]:
+    """The role=tool messages after the last assistant message of a chat request."""
+    msgs = req.body["messages"]
+    out = []
+    for m in reversed(msgs):
+        if m["role"] != "tool":
+            break
+        out.insert(0, m)
+    return out
+
+
+# -- a project and a context ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgramDouble:
+    """Stands in for program.Program (same fields) until that module lands."""
+
+    path: Path
+    editable: tuple[str, ...]
+    objective: str
+    guards: tuple[str, ...] = ()
+    holdout: str | None = None
+    constraints: tuple[Any, ...] = ()
+    timeout: float | None = None
+    min_delta: float = 0.0
+    baseline_runs: int = 3
+    context: tuple[str, ...] = ()
+    instructions: str = ""
+
+    def is_editable(self, relpath: str) -> bool:
+        return glob_matcher(self.editable)(relpath)
+
+    def editable_files(self, root: Path) -> list[str]:
+        files = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        return sorted(f for f in files if self.is_editable(f))
+
+
+def make_program(root: Path, editable: tuple[str, ...] = ("train.py",), **kw: Any) -> Any:
+    """The real Program when program.py exists, else a double with the same fields."""
+    try:
+        from pytest_autoresearch.program import Program
+    except ImportError:
+        Program = ProgramDouble  # noqa: N806
+    kw.setdefault("objective", "loss")
+    return Program(path=root / "program.md", editable=tuple(editable), **kw)
+
+
+TRAIN = "LR = 0.01\nBATCH = 32\n\n\ndef train():\n    return LR * BATCH\n"
+
+
+def make_project(root: Path) -> Path:
+    """train.py (editable), prepare.py (context), a test and program.md (protected)."""
+    (root / "tests").mkdir(parents=True, exist_ok=True)
+    (root / "train.py").write_text(TRAIN)
+    (root / "prepare.py").write_text("DATA = 'fixed'\n")
+    (root / "tests" / "test_metric.py").write_text("def test_loss():\n    pass\n")
+    (root / "program.md").write_text("---\neditable: [train.py]\n---\nTune LR.\n")
+    return root
+
+
+def make_ctx(root: Path, *, history: list | None = None, experiment: int = 1, **program_kw: Any):
+    program_kw.setdefault("context", ("prepare.py",))
+    program_kw.setdefault("instructions", "Tune the learning rate LR in train.py.")
+    program = make_program(root, **program_kw)
+    state = root / ".autoresearch" / "t1"
+    state.mkdir(parents=True, exist_ok=True)
+    return ProposalContext(
+        root=root,
+        program=program,
+        editable_files=program.editable_files(root),
+        objective=program.objective,
+        goal="min",
+        best_value=0.5,
+        baseline_value=0.6,
+        noise=0.01,
+        history=history or [],
+        experiment=experiment,
+        total=10,
+        state_dir=state,
+        metrics={"loss": 0.5, "accuracy": 0.9},
+    )
