@@ -255,7 +255,8 @@ def _interpret(
     ev.guards_passed = not failed_guards
     if bad_metrics:
         m = bad_metrics[0]
-        ev.reason = f"metric {m.name}: {_last_line(m.error)}"
+        error = _last_line(m.error)
+        ev.reason = error if m.name in error else f"metric {m.name}: {error}"
     elif bad_tests:
         t = bad_tests[0]
         ev.reason = f"{t.nodeid} {t.outcome}: {_last_line(t.message) or _error_line(tail)}"
@@ -340,17 +341,27 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Warning)\b")
+
+
 def _last_line(text: str | None) -> str:
+    """The telling line of a failure text: the last ``E`` line that is not assert detail."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    errors = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
+    errors = [ln for ln in errors if not ln.startswith(("+", "-", "?", "where ", "At index"))]
+    raised = [ln for ln in errors if _EXCEPTION_LINE.match(ln)]
+    if raised:  # the exception itself; with a chain, the last one raised
+        return raised[-1]
+    if errors:  # a bare assert: its first line, the rest is detail
+        return errors[0]
     return lines[-1] if lines else ""
 
 
 def _error_line(tail: str) -> str:
     """The most telling line of pytest output: the last ``E   ...`` or error line."""
     lines = [ln.rstrip() for ln in tail.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("E "):
-            return ln[1:].strip()
+    if any(ln.startswith("E ") for ln in lines):
+        return _last_line(tail)
     for ln in reversed(lines):
         if re.search(r"Error|error:|ERROR", ln) and not re.match(r"^=+ .* =+$", ln):
             return ln.strip()
