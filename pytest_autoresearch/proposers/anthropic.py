@@ -277,7 +277,7 @@ class LLMProposer:
 
 def _sandbox_for(ctx: ProposalContext) -> EditorSandbox:
     program = ctx.program
-    protected = []
+    protected = [getattr(program, "program_relpath", None) or ""]
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         protected.append(
             Path(program.path).resolve().relative_to(Path(ctx.root).resolve()).as_posix()
@@ -285,9 +285,20 @@ def _sandbox_for(ctx: ProposalContext) -> EditorSandbox:
     return EditorSandbox(
         ctx.root,
         program.is_editable,
-        glob_matcher(list(getattr(program, "context", ()) or ())),
-        protected=protected,
+        _context_matcher(program),
+        protected=[p for p in protected if p],
     )
+
+
+def _context_matcher(program: Any) -> Any:
+    """program.md's context globs, matched the way program.py matches editable globs."""
+    globs = list(getattr(program, "context", ()) or ())
+    try:
+        from pytest_autoresearch.program import glob_to_regex
+    except ImportError:
+        return glob_matcher(globs)
+    regexes = [glob_to_regex(g) for g in globs]
+    return lambda rel: any(r.match(rel) for r in regexes)
 
 
 _FAMILY = re.compile(r"claude-(?:(sonnet|opus|haiku)-(\d+)(?:-(\d+))?|(fable|mythos))")

@@ -1,0 +1,312 @@
+"""The OpenAI-compatible proposer: any Chat Completions endpoint with tool calling.
+
+vLLM, llama.cpp's server, Ollama, LM Studio or a hosted API: the same sandbox and
+prompt as the Anthropic proposer, with the editor offered as a function tool that
+has the same commands. The ``openai`` package is imported only when it is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pytest_autoresearch.proposers import prompt
+from pytest_autoresearch.proposers.anthropic import (
+    MAX_RETRIES,
+    MAX_TOKENS,
+    MAX_TURNS,
+    TIMEOUT,
+    TOKEN_CAP,
+    Exchange,
+    LLMProposer,
+    LLMProposerError,
+    _host,
+    _option,
+    price_for,
+    scrub,
+)
+from pytest_autoresearch.proposers.base import Cost, ProposerFatal
+from pytest_autoresearch.proposers.sandbox import EDITOR_FUNCTION, TOOL_NAME, EditorSandbox
+
+NO_KEY = (
+    "the openai proposer needs an endpoint: set OPENAI_API_KEY for OpenAI's API, or "
+    "--autoresearch-base-url (or OPENAI_BASE_URL) for a local server such as vLLM, "
+    "llama.cpp or Ollama (e.g. http://127.0.0.1:8000/v1); or run offline with "
+    "--autoresearch-proposer optuna"
+)
+PLACEHOLDER_KEY = "no-key"  # local servers ignore the key, but the SDK insists on one
+
+# USD per million tokens: (input, output, cached input). OpenAI's published list
+# prices for a few families as of 2026-11-23; the longest matching prefix wins.
+# Any other model (a local one) is priced at 0: set AUTORESEARCH_PRICE to override.
+PRICES: dict[str, tuple[float, float, float]] = {
+    "gpt-5-nano": (0.05, 0.40, 0.005),
+    "gpt-5-mini": (0.25, 2.0, 0.025),
+    "gpt-5": (1.25, 10.0, 0.125),
+    "gpt-4.1-nano": (0.10, 0.40, 0.025),
+    "gpt-4.1-mini": (0.40, 1.60, 0.10),
+    "gpt-4.1": (2.0, 8.0, 0.50),
+    "gpt-4o-mini": (0.15, 0.60, 0.075),
+    "gpt-4o": (2.50, 10.0, 1.25),
+}
+
+
+def prices_from_env(default: tuple[float, float, float]) -> tuple[float, float, float]:
+    """AUTORESEARCH_PRICE="input,output[,cached]" in USD per million tokens, if set."""
+    raw = os.environ.get("AUTORESEARCH_PRICE", "").strip()
+    if not raw:
+        return default
+    try:
+        values = [float(v) for v in raw.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 3) or any(v < 0 for v in values):
+        raise ProposerFatal(
+            f"AUTORESEARCH_PRICE={raw!r} is not 'input,output[,cached]' dollars per million "
+            "tokens, e.g. AUTORESEARCH_PRICE=0.5,1.5"
+        )
+    return values[0], values[1], values[2] if len(values) == 3 else values[0]
+
+
+def _is_openai(url: str) -> bool:
+    return "api.openai.com" in url
+
+
+class OpenAIProposer(LLMProposer):
+    """A model behind an OpenAI-compatible Chat Completions endpoint."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        model: str | None = None,
+        max_tokens: int = MAX_TOKENS,
+        max_turns: int = MAX_TURNS,
+        max_retries: int = MAX_RETRIES,
+        timeout: float = TIMEOUT,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        client: Any = None,
+        history_tokens: int = prompt.HISTORY_TOKENS,
+        token_cap: int = TOKEN_CAP,
+    ) -> None:
+        super().__init__(
+            model=model or "",
+            max_turns=max_turns,
+            history_tokens=history_tokens,
+            token_cap=token_cap,
+        )
+        import openai
+
+        self.max_tokens = max_tokens
+        self.max_retries = max_retries
+        if client is None:
+            key = api_key or os.environ.get("OPENAI_API_KEY")
+            url = base_url or os.environ.get("OPENAI_BASE_URL")
+            if not key:
+                if not url:
+                    raise ProposerFatal(NO_KEY)
+                key = PLACEHOLDER_KEY
+            client = openai.OpenAI(
+                api_key=key, base_url=url or None, max_retries=max_retries, timeout=timeout
+            )
+        self.client = client
+        self.host = _host(client.base_url)
+        self._resolve_prices()
+
+    def _resolve_prices(self) -> None:
+        found, known = price_for(self.model, PRICES) if self.model else ((0.0, 0.0, 0.0), False)
+        self.prices = prices_from_env(found if known else (0.0, 0.0, 0.0))
+
+    def _secrets(self) -> list[str]:
+        key = self.client.api_key
+        return [key] if isinstance(key, str) and key and key != PLACEHOLDER_KEY else []
+
+    # -- model ----------------------------------------------------------------------------
+
+    def _list_models(self) -> list[str] | None:
+        """The endpoint's model ids, or None when it has no usable /models route."""
+        import openai
+
+        try:
+            return [m.id for m in self.client.models.list()]
+        except openai.AuthenticationError:
+            raise ProposerFatal(self._rejected()) from None
+        except openai.PermissionDeniedError:
+            raise ProposerFatal(f"{self.host} refused this key access (403)") from None
+        except openai.APIConnectionError:
+            raise ProposerFatal(
+                f"could not reach {self.host}: is the server running, and is the base URL "
+                "right (e.g. http://127.0.0.1:8000/v1)?"
+            ) from None
+        except openai.OpenAIError:
+            return None
+
+    def _resolve_model(self) -> None:
+        """With no model named, use the endpoint's only model (as llama.cpp serves one)."""
+        if self.model:
+            return
+        ids = self._list_models() or []
+        if len(ids) != 1:
+            shown = ", ".join(ids[:10]) or "none listed"
+            raise ProposerFatal(
+                f"no model named for {self.host}, which serves {len(ids)} ({shown}); choose one "
+                "with --autoresearch-model (or OPENAI_MODEL)"
+            )
+        self.model = ids[0]
+        self._resolve_prices()
+
+    def check(self) -> None:
+        """Is the endpoint there, the key accepted and the model served? Costs no tokens."""
+        ids = self._list_models()
+        self._resolve_model()
+        if ids and self.model not in ids:
+            raise ProposerFatal(
+                f"{self.host} does not serve model {self.model!r} (it serves: "
+                f"{', '.join(ids[:10])}); set --autoresearch-model"
+            )
+
+    def _rejected(self) -> str:
+        return (
+            f"{self.host} rejected the API key (401): check OPENAI_API_KEY, or run offline "
+            "with --autoresearch-proposer optuna"
+        )
+
+    # -- conversation ---------------------------------------------------------------------
+
+    def _new_conversation(self, system: str, user: str) -> list[dict]:
+        self._resolve_model()
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def _add_user_text(self, conv: list[dict], text: str) -> None:
+        conv.append({"role": "user", "content": text})
+
+    def _turn(self, conv: list[dict], sandbox: EditorSandbox, ex: Exchange) -> bool:
+        # OpenAI's own newer models take max_completion_tokens; local servers max_tokens.
+        limit = "max_completion_tokens" if _is_openai(self.host) else "max_tokens"
+        kwargs = {
+            "model": self.model,
+            "messages": conv,
+            "tools": [EDITOR_FUNCTION],
+            limit: self.max_tokens,
+        }
+        response = self._guard(lambda: self.client.chat.completions.create(**kwargs))
+        ex.turns += 1
+        self._bill(response.usage, ex)
+        if not response.choices:
+            raise LLMProposerError(f"{self.host} answered with no choices")
+        choice = response.choices[0]
+        msg = choice.message
+        ex.stop = str(choice.finish_reason or "")
+        calls = list(msg.tool_calls or [])
+        if msg.content and msg.content.strip():
+            ex.final_text = msg.content
+        entry: dict[str, Any] = {"role": "assistant", "content": msg.content or ""}
+        if calls:
+            entry["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in calls
+            ]
+        conv.append(entry)
+        if not calls:
+            return False
+        for c in calls:
+            ex.tool_calls += 1
+            conv.append(
+                {"role": "tool", "tool_call_id": c.id, "content": self._run_call(c, sandbox)}
+            )
+        return True
+
+    def _run_call(self, call: Any, sandbox: EditorSandbox) -> str:
+        if call.function.name != TOOL_NAME:
+            sandbox.refused += 1
+            return f"Error: unknown tool {call.function.name!r}; use {TOOL_NAME}"
+        try:
+            args = json.loads(call.function.arguments or "{}")
+        except ValueError as exc:
+            sandbox.refused += 1
+            return f"Error: the arguments are not valid JSON ({exc}); send a JSON object"
+        return sandbox.execute(args)[0]
+
+    def _bill(self, usage: Any, ex: Exchange) -> None:
+        if usage is None:
+            ex.usage.append({})
+            return
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        out = int(getattr(usage, "completion_tokens", 0) or 0)
+        details = getattr(usage, "prompt_tokens_details", None)
+        cached = int(getattr(details, "cached_tokens", 0) or 0) if details else 0
+        fresh = max(0, prompt_tokens - cached)
+        p_in, p_out, p_cached = self.prices
+        dollars = (fresh * p_in + out * p_out + cached * p_cached) / 1e6
+        ex.cost = ex.cost + Cost(fresh, out, cached, 0, dollars)
+        ex.usage.append({"input": fresh, "output": out, "cache_read": cached})
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def _guard(self, fn: Any) -> Any:
+        """Run an SDK call, turning its errors into ProposerFatal / LLMProposerError."""
+        import openai
+
+        secrets = self._secrets()
+        try:
+            return fn()
+        except openai.AuthenticationError:
+            raise ProposerFatal(self._rejected()) from None
+        except openai.PermissionDeniedError as exc:
+            raise ProposerFatal(
+                f"{self.host} refused this key access (403): {scrub(_detail(exc), secrets)}"
+            ) from None
+        except openai.NotFoundError:
+            raise ProposerFatal(
+                f"{self.host} answered 404 for model {self.model!r}: check --autoresearch-model, "
+                "and that the base URL ends in /v1 (e.g. http://127.0.0.1:8000/v1)"
+            ) from None
+        except openai.APIStatusError as exc:
+            status = exc.status_code
+            if status == 429 or status >= 500:
+                raise LLMProposerError(
+                    f"{self.host} kept answering {status} after {self.max_retries} retries; this "
+                    "experiment is skipped"
+                ) from None
+            raise LLMProposerError(
+                f"{self.host} refused the request ({status}): {scrub(_detail(exc), secrets)}"
+            ) from None
+        except openai.APITimeoutError:
+            raise LLMProposerError(
+                f"{self.host} did not answer in time after {self.max_retries} retries"
+            ) from None
+        except openai.APIConnectionError:
+            raise LLMProposerError(
+                f"could not reach {self.host} after {self.max_retries} retries: is the server "
+                "running, and is the base URL right?"
+            ) from None
+
+
+def _detail(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        message = err.get("message") if isinstance(err, dict) else err
+        if isinstance(message, str):
+            return prompt.clean_description(message, 300)
+    return type(exc).__name__
+
+
+def build(config: Any) -> OpenAIProposer:
+    """The proposer from pytest options, falling back to OPENAI_* environment variables."""
+    base_url = _option(config, "autoresearch_base_url", None) or os.environ.get("OPENAI_BASE_URL")
+    if not (os.environ.get("OPENAI_API_KEY") or base_url):
+        raise ProposerFatal(NO_KEY)
+    return OpenAIProposer(
+        model=_option(config, "autoresearch_model", None) or os.environ.get("OPENAI_MODEL"),
+        base_url=base_url,
+        max_tokens=int(_option(config, "autoresearch_max_tokens", MAX_TOKENS)),
+        max_turns=int(_option(config, "autoresearch_max_turns", MAX_TURNS)),
+    )
