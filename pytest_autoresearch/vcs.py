@@ -329,11 +329,16 @@ class ResearchRepo:
         if self._tree_cache and self._tree_cache[0] == key:
             return self._tree_cache[1]
         git = self._repo.git
+        if not paths:
+            tree = git.rev_parse(self.best + "^{tree}")
+            self._tree_cache = (key, tree)
+            return tree
         fd, index = tempfile.mkstemp(prefix="autoresearch-index-")
         os.close(fd)
         try:
             env = {"GIT_INDEX_FILE": index}
-            git.read_tree(self.best, env=env)
+            if not self._copy_index(index):
+                git.read_tree(self.best, env=env)
             for chunk in _chunks(paths):
                 git.add("-A", "-f", "--", *[":(literal)" + p for p in chunk], env=env)
             tree = git.write_tree(env=env)
@@ -342,23 +347,34 @@ class ResearchRepo:
         self._tree_cache = (key, tree)
         return tree
 
+    def _copy_index(self, dest: str) -> bool:
+        """Start the temp index from the real one (it holds best, with stat data): no git call."""
+        if os.environ.get("GIT_INDEX_FILE") or self._head()[0] != self.best:
+            return False
+        try:
+            shutil.copyfile(Path(self._repo.git_dir) / "index", dest)
+        except OSError:
+            return False
+        return True
+
     def _diff(self) -> tuple[str, tuple[int, int]]:
         tree = self._candidate_tree()
         if self._diff_cache and self._diff_cache[0] == tree:
             return self._diff_cache[1], self._diff_cache[2]
-        git = self._repo.git
-        args = ("--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", self.best, tree)
-        text = git.diff(*args, stdout_as_string=False)
-        diff = text.decode("utf-8", errors="replace")
-        if diff and not diff.endswith("\n"):
-            diff += "\n"
+        raw = self._repo.git.diff(
+            "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", "--numstat",
+            "--patch", self.best, tree, stdout_as_string=False,
+        )  # fmt: skip
+        numstat, _, patch = raw.decode("utf-8", errors="replace").partition("\n\n")
+        if patch and not patch.endswith("\n"):
+            patch += "\n"
         added = removed = 0
-        for line in git.diff("--numstat", *args).splitlines():
+        for line in numstat.splitlines():
             a, r, _ = line.split("\t", 2)
-            added += int(a) if a.isdigit() else 0
+            added += int(a) if a.isdigit() else 0  # "-" for binary files
             removed += int(r) if r.isdigit() else 0
-        self._diff_cache = (tree, diff, (added, removed))
-        return diff, (added, removed)
+        self._diff_cache = (tree, patch, (added, removed))
+        return patch, (added, removed)
 
     def _commit_tree(self, tree: str, message: str) -> str:
         return self._repo.git.commit_tree(tree, "-p", self.best, "-m", message, env=self._ident_env)
@@ -384,7 +400,10 @@ class ResearchRepo:
     # -- HEAD, refs and the origin file -------------------------------------------------
 
     def _head(self) -> tuple[str, str]:
-        """(sha, full ref name or "HEAD" when detached) in one git call."""
+        """(sha, full ref name or "HEAD" when detached), read from files when git allows."""
+        found = self._head_from_files()
+        if found:
+            return found
         try:
             out = self._repo.git.rev_parse("HEAD", "--symbolic-full-name", "HEAD")
         except Exception:
@@ -393,6 +412,26 @@ class ResearchRepo:
         if len(lines) < 2:
             raise VcsError("HEAD does not point to a commit")
         return lines[0], lines[1]
+
+    def _head_from_files(self) -> tuple[str, str] | None:
+        """HEAD from .git/HEAD and loose or packed refs; None leaves it to git (reftable...)."""
+        try:
+            head = (Path(self._repo.git_dir) / "HEAD").read_text(encoding="utf-8").strip()
+            if not head.startswith("ref: "):
+                return (head, "HEAD") if _is_sha(head) else None
+            ref = head[5:]
+            common = Path(self._repo.common_dir)
+            loose = common / ref
+            if loose.is_file():
+                sha = loose.read_text(encoding="utf-8").strip()
+                return (sha, ref) if _is_sha(sha) else None
+            for line in (common / "packed-refs").read_text(encoding="utf-8").splitlines():
+                sha, _, name = line.partition(" ")
+                if name == ref and _is_sha(sha):
+                    return sha, ref
+        except OSError:
+            return None
+        return None
 
     def _rev(self, ref: str) -> str:
         try:
@@ -504,6 +543,10 @@ def _git_message(exc: Exception) -> str:
     text = (getattr(exc, "stderr", "") or str(exc)).strip()
     text = text.removeprefix("stderr:").strip().strip("'").strip()
     return " ".join(text.split()) or type(exc).__name__
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
 
 
 def _is_symlink(path: Path) -> bool:
