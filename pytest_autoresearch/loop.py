@@ -232,8 +232,8 @@ class ResearchLoop:
         )
         self.cost = self.cost + Cost(**(rec.get("cost") or {}))
         runs = rec.get("runs") or []
-        if len(runs) > 1:
-            self.noise_groups.append(list(runs))
+        if len(runs) >= 3:
+            self.noise_groups.append(decide.noise_runs(runs))
         if rec["status"] == "keep":
             self.kept += 1
             self.best = rec["best_after"]

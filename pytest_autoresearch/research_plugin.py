@@ -226,6 +226,23 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     return True
 
 
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The research run's summary: baseline -> best, kept, branch, record, holdout."""
+    if not config.getoption("autoresearch"):
+        return
+    from pytest_autoresearch.session import RESULT_KEY
+
+    found = config.stash.get(RESULT_KEY, None)
+    if found is None:
+        return
+    from pytest_autoresearch import report
+
+    result, records = found
+    terminalreporter.write_sep("=", "autoresearch summary")
+    for line in report.summary_lines(records, result):
+        terminalreporter.write_line(line, red=line.startswith("WARNING"))
+
+
 def default_tag(today: datetime.date | None = None) -> str:
     """Karpathy's convention: a short date tag such as 'nov23'."""
     today = today or datetime.date.today()

@@ -193,7 +193,8 @@ def run_research_session(session: pytest.Session) -> None:
                 repo.finish()
             finally:
                 proposer.close()
-                result = getattr(loop, "result", None)
+                result = loop.result
                 if result is not None:
-                    config.stash[RESULT_KEY] = (result, journal, program)
-                    report.write_report(record_dir, journal.load().records, result, program)
+                    records = journal.load().records
+                    config.stash[RESULT_KEY] = (result, records)
+                    report.write_report(record_dir, records, result, program)

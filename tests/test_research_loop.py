@@ -51,7 +51,7 @@ def test_keeps_improvements_and_discards_the_rest(pytester: pytest.Pytester) -> 
     result = run_loop(pytester, 3)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(
-        ["*proposer: scripted*", "*[[] 1/3[]] keep*move X to 5*", "*discard*move X to 20*"]
+        ["*proposer: scripted*", "*[[]1/3[]] keep*move X to 5*", "*discard*move X to 20*"]
     )
     rows = read_tsv(root / RECORD / "results.tsv")
     assert rows[0][:4] == ["commit", "loss", "status", "description"]
