@@ -8,6 +8,14 @@ import pytest
 
 from pytest_autoresearch.research_plugin import default_tag
 
+METRIC_TEST = """
+from pytest_autoresearch import metric
+
+@metric(goal="min")
+def test_m():
+    return 1.0
+"""
+
 
 def experiments_of(pytester: pytest.Pytester, *args: str):
     config = pytester.parseconfigure(*args)
@@ -103,9 +111,7 @@ def test_default_tag_is_a_short_date() -> None:
 
 
 def test_missing_program_md_explains_what_to_write(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        "from pytest_autoresearch import metric\n@metric(goal='min')\ndef test_m():\n    return 1.0\n"
-    )
+    pytester.makepyfile(METRIC_TEST)
     result = pytester.runpytest_subprocess("--autoresearch", "-n", "1")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*program.md does not exist*", "*editable:*", "*objective:*"])
@@ -114,9 +120,7 @@ def test_missing_program_md_explains_what_to_write(pytester: pytest.Pytester) ->
 def test_unknown_proposer_lists_the_choices(pytester: pytest.Pytester) -> None:
     pytester.makefile(".md", program="---\neditable: ['m.py']\nobjective: m\n---\n")
     pytester.makepyfile(m="X = 1\n")
-    pytester.makepyfile(
-        "from pytest_autoresearch import metric\n@metric(goal='min')\ndef test_m():\n    return 1.0\n"
-    )
+    pytester.makepyfile(METRIC_TEST)
     result = pytester.runpytest_subprocess("--autoresearch", "--autoresearch-proposer", "gpt9")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*no proposer called 'gpt9'*optuna*anthropic*"])

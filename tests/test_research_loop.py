@@ -35,7 +35,9 @@ def run_loop(pytester: pytest.Pytester, n: int, *extra: str, proposer: str = "sc
 
 
 def experiments(root: Path) -> list[dict]:
-    return [e for e in read_jsonl(root / RECORD / "experiments.jsonl") if e["event"] == "experiment"]
+    return [
+        e for e in read_jsonl(root / RECORD / "experiments.jsonl") if e["event"] == "experiment"
+    ]
 
 
 def test_keeps_improvements_and_discards_the_rest(pytester: pytest.Pytester) -> None:
@@ -145,10 +147,21 @@ def test_resumes_after_kill_9_without_losing_or_duplicating(pytester: pytest.Pyt
         timeout=60,
     )
     (root / "slow.flag").write_text("")
-    cmd = [sys.executable, "-m", "pytest", "--autoresearch", "-n", "3", "--autoresearch-tag", "t1",
-           "--autoresearch-proposer", "scripted"]
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--autoresearch",
+        "-n",
+        "3",
+        "--autoresearch-tag",
+        "t1",
+        "--autoresearch-proposer",
+        "scripted",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     jsonl = root / RECORD / "experiments.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until experiment 2 (the slow one) is running

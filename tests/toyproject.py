@@ -75,7 +75,7 @@ def pytest_autoresearch_make_proposer(name, config):
     return None
 '''
 
-METRIC_TEST = '''
+METRIC_TEST = """
 from pytest_autoresearch import metric
 
 import toy.model as model
@@ -84,15 +84,15 @@ import toy.model as model
 @metric(goal="min")
 def test_loss():
     return abs(model.X - 3.0)
-'''
+"""
 
-GUARD_TEST = '''
+GUARD_TEST = """
 import toy.model as model
 
 
 def test_x_is_sane():
     assert model.X < 100
-'''
+"""
 
 
 def model_source(x: float, extra: str = "") -> str:
