@@ -420,9 +420,8 @@ class MetricsSession:
             try:
                 metrics_json.write(settings.json_path, data)
             except OSError as exc:
-                self._problem(
-                    session, f"could not write --metrics-json {settings.json_path}: {exc}"
-                )
+                reason = exc.strerror or exc
+                self._problem(session, f"could not write {settings.json_path}: {reason}")
         if settings.save is not None:
             if session.exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR):
                 self._problem(
@@ -432,7 +431,8 @@ class MetricsSession:
             try:
                 path = baseline.save(self.config.rootpath, settings.save, data)
             except OSError as exc:
-                self._problem(session, f"could not save baseline {settings.save!r}: {exc}")
+                reason = exc.strerror or exc
+                self._problem(session, f"could not save baseline {settings.save!r}: {reason}")
                 return
             failed = [m.name for m in measured if m.value is None]
             self.notes.append(

@@ -86,12 +86,13 @@ def write(
     title = "metrics" if baseline is None else f"metrics (compared with baseline {baseline!r})"
     tr.write_sep("=", title)
     headers = {c: c for c in columns}
-    widths = {c: max(len(c), *(len(r.cells[c]) for r in table)) for c in columns}
+    widths = {c: max([len(c), *(len(r.cells[c]) for r in table)]) for c in columns}
 
     def line(cells: Mapping[str, str], cols: list[str]) -> str:
         return "  ".join(cells[c].ljust(widths[c]) for c in cols).rstrip()
 
-    tr.write_line(line(headers, columns))
+    if table:
+        tr.write_line(line(headers, columns))
     for row in table:
         if row.verdict not in ("better", "worse"):
             tr.write_line(line(row.cells, columns), red=row.verdict == "failed")

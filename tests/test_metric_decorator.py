@@ -489,7 +489,7 @@ def test_metric_marker_selects_with_m_and_k(pytester: pytest.Pytester) -> None:
 
     none = pytester.runpytest("-m", "not metric", "-v")
     none.assert_outcomes(passed=1)
-    assert "metrics" not in none.stdout.str()  # no metric ran: no table
+    assert "= metrics =" not in none.stdout.str()  # no metric ran: no table
 
     k = pytester.runpytest("-k", "latency", "-m", "metric", "--strict-markers")
     k.assert_outcomes(passed=1)
