@@ -4,7 +4,7 @@ API
 ---
 format_line(rec, *, objective=None, noise=None, eta_seconds=None) -> str
     ``[ 12/200] keep  val_bpb 0.9921 (-0.0042, noise ±0.0008) increase LR to 0.04  312s``
-format_duration(seconds) -> str          "312s", "5m12s", "2h05m"
+format_duration(seconds) -> str          "312s", "25m00s", "2h05m"
 eta_seconds(durations, remaining) -> float | None     mean duration x experiments left
 summary_lines(records, result) -> list[str]
     ``result``: the loop's LoopResult (read by attribute: objective, goal, baseline, best,
@@ -55,9 +55,9 @@ def _decimals(noise: float | None, value: float | None = None) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """Short human duration: 42s, 5m12s, 2h05m."""
+    """Short human duration: 42s, 312s, 25m00s, 2h05m."""
     s = max(0, round(seconds))
-    if s < 100:
+    if s < 600:
         return f"{s}s"
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
