@@ -372,7 +372,8 @@ class ResearchLoop:
             status = {"rejected": "rejected", "guard": "discard"}.get(f.status, "crash")
             rec["log_tail"] = f.log_tail or None
             self._discard(rec, status)
-            self._finish(rec, ctx, proposal, status, f.reason, t0)
+            # No valid measurement: an optimiser must not learn a value from it.
+            self._finish(rec, ctx, proposal, status, f.reason, t0, valid=False)
             return
         rec["cost"] = cost.as_dict()
         verdict = self._decide(rec)
@@ -501,6 +502,7 @@ class ResearchLoop:
         status: str,
         reason: str,
         t0: float,
+        valid: bool = True,
     ) -> None:
         rec.pop("_values", None)
         total = self.clock() - t0
@@ -516,7 +518,8 @@ class ResearchLoop:
         self.journal.record(rec)
         self._learn(rec)
         if proposal is not None:
-            self.proposer.observe(ctx, proposal, Outcome(status, rec["objective"], reason))
+            value = rec["objective"] if valid else None
+            self.proposer.observe(ctx, proposal, Outcome(status, value, reason))
         self.on_record(rec)
         self.echo(self._line(rec))
 

@@ -148,7 +148,7 @@ def run_research_session(session: pytest.Session) -> None:
 
     with _Lock(record_dir):
         try:
-            repo = ResearchRepo(root, tag)
+            repo = ResearchRepo(root, tag, program.is_editable, record_dir=record_dir)
             repo.start()
         except VcsError as exc:
             proposer.close()

@@ -84,7 +84,7 @@ def test_out_of_scope_crash_hang_and_nan_are_outcomes(pytester: pytest.Pytester)
             step("nan", float("nan")),
             step("move X to 4", 4.0),
         ],
-        timeout=6,
+        timeout=15,
     )
     result = run_loop(pytester, 5, "--autoresearch-repair-attempts", "0")
     assert result.ret == 0, result.stdout.str()
@@ -93,7 +93,7 @@ def test_out_of_scope_crash_hang_and_nan_are_outcomes(pytester: pytest.Pytester)
     assert "tests/test_metric.py" in recs[0]["reason"]
     assert "boom in the candidate" in (recs[1]["reason"] + recs[1]["log_tail"])
     assert "timed out" in recs[2]["reason"]
-    assert recs[2]["durations"]["total"] < 60
+    assert recs[2]["durations"]["total"] < 15 + 30  # the timeout, plus kill grace and git
     assert "nan" in recs[3]["reason"].lower()
     # Nothing leaked into the research branch and the test file is intact.
     assert git(root, "log", "--format=%s", "main..autoresearch/t1").splitlines() == ["move X to 4"]
