@@ -31,7 +31,6 @@ from pytest_autoresearch.proposers.base import (
 # Without a timeout in program.md the baseline may take up to this long; the
 # per-experiment timeout is then derived from how long the baseline took.
 BASELINE_TIMEOUT = 3600.0
-MAX_RUNS = 2  # evaluations of one candidate at most: the first, and one confirmation
 
 
 class LoopError(Exception):
@@ -467,7 +466,7 @@ class ResearchLoop:
             min_delta=self.program.min_delta,
             lines_added=rec["lines_added"],
             lines_removed=rec["lines_removed"],
-            max_runs=MAX_RUNS,
+            max_runs=decide.MAX_RUNS,
         )
 
     def _check_scope(self, rec: dict, after: str) -> None:
