@@ -123,6 +123,7 @@ class ResearchRepo:
             self._known_untracked = {
                 e.path for e in entries if not e.tracked and not self._editable(e.path)
             }
+            self._started = True
             restored = self.restore()
             resumed = True
         else:
@@ -177,6 +178,7 @@ class ResearchRepo:
             raise ValueError(f"after must be 'proposal' or 'evaluation', not {after!r}")
         if is_editable is not None:
             self.is_editable = is_editable
+        self._require_started()
         bad: list[str] = []
         sha, head_ref = self._head()
         if head_ref != "refs/heads/" + self.branch:
@@ -217,13 +219,12 @@ class ResearchRepo:
 
     def snapshot(self, message: str) -> str:
         """A commit of the candidate whose parent is the best commit; moves no branch."""
+        self._require_started()
         tree = self._candidate_tree()
         return self._commit_tree(tree, message)
 
     def commit(self, message: str) -> str:
         """Commit the editable changes on the research branch; returns the new best sha."""
-        if not self._started:
-            raise VcsError("commit() before start(): the research branch is not checked out")
         bad = self.out_of_scope(after="evaluation")
         if bad:
             raise VcsError(f"refusing to commit changes outside scope: {_list(bad)}")
@@ -239,6 +240,8 @@ class ResearchRepo:
 
     def restore(self) -> list[str]:
         """Put the tree back to the best commit; returns the paths that were discarded."""
+        if not self._started:
+            return []  # nothing of ours to undo (start() failed or finish() ran)
         git = self._repo.git
         entries = self._status()
         sha, head_ref = self._head()
@@ -280,6 +283,10 @@ class ResearchRepo:
             ) from None
         self._origin_file().unlink(missing_ok=True)
         self._started = False
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise VcsError("the research branch is not checked out: call start() first")
 
     # -- status and paths ---------------------------------------------------------------
 

@@ -120,6 +120,17 @@ def test_tracked_journal_directory_is_refused(tmp_path: Path) -> None:
         started(root)
 
 
+def test_nothing_happens_before_start(repo_dir: Path) -> None:
+    repo = ResearchRepo(repo_dir, "t1", editable)
+    (repo_dir / "train.py").write_text("LR = 2\n")
+    assert repo.restore() == []
+    repo.finish()
+    with pytest.raises(VcsError, match=r"call start\(\) first"):
+        repo.commit("too early")
+    assert (repo_dir / "train.py").read_text() == "LR = 2\n"
+    assert git(repo_dir, "symbolic-ref", "HEAD") == "refs/heads/main"
+
+
 # -- the happy path ----------------------------------------------------------------------
 
 
