@@ -1,0 +1,647 @@
+"""
+The fixed harness: data, tokenizer, dataloader, evaluation and constants.
+
+Usage:
+    python -m nanochat.prepare                      # offline corpus (Python stdlib), CPU profile
+    python -m nanochat.prepare --profile gpu --data tinystories
+
+The research loop never edits this file. It owns everything the metric depends on:
+the corpus and its train / validation / holdout splits, the BPE tokenizer, the
+sequence length, the time budget, and `evaluate_bpb`, the number that decides.
+
+Contract with train.py: it defines `GPTConfig` (a dataclass) and `GPT(config)`, an
+nn.Module whose forward(idx) returns logits of shape (B, T, vocab_size), and saves
+{"config": asdict(config), "state_dict": ...} with torch.save. The harness loads that
+checkpoint, checks the model is causal, and scores it itself.
+
+Environment:
+    NANOCHAT_PROFILE      cpu | gpu       (default: cpu)
+    NANOCHAT_DATA         stdlib | tinyshakespeare | tinystories   (default: stdlib, offline)
+    NANOCHAT_CACHE        cache directory (default: ~/.cache/nanochat-autoresearch)
+    NANOCHAT_TIME_BUDGET  seconds; overrides the profile's budget for smoke runs only
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import hashlib
+import heapq
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import sysconfig
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# Constants and device profiles
+
+PREPARE_VERSION = 1  # bump when the data or tokenizer pipeline changes: it keys the cache
+MAX_DOC_BYTES = 65536  # long files are cut, so that no single document dominates a split
+VAL_FRACTION = 0.05  # of the corpus bytes, by document
+HOLDOUT_FRACTION = 0.05
+BOS = "<|bos|>"  # the only special token: it starts every document and is never scored
+
+# One pattern that Python's `re` (used to train the BPE) and tiktoken's Rust regex (used
+# to encode) read the same way. The alternatives cover every character, so no byte is lost:
+# words (letters, marks and "_"), digit runs, punctuation runs, newlines, other whitespace.
+SPLIT_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d]+| ?\d{1,3}| ?[^\s\w]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that depends on the machine the metric runs on."""
+
+    name: str
+    vocab_size: int  # including the BOS token
+    seq_len: int
+    time_budget: float  # seconds of training, not counting compilation
+    eval_tokens: int  # tokens scored per split
+    corpus_bytes: int  # text used, all splits together
+    tokenizer_bytes: int  # training text the BPE learns its merges from
+    depth_scale: float  # train.py's DEPTH is multiplied by this
+    batch_scale: float  # train.py's DEVICE_BATCH_SIZE is multiplied by this
+    eval_batch_size: int
+    max_eval_seconds: float  # the whole metric (train + score) must finish inside this
+
+
+PROFILES = {
+    # A demo that learns on 2 CPU cores in well under a minute (CI and the README).
+    "cpu": Profile(
+        name="cpu",
+        vocab_size=512,
+        seq_len=128,
+        time_budget=15.0,
+        eval_tokens=16384,
+        corpus_bytes=3_000_000,
+        tokenizer_bytes=300_000,
+        depth_scale=0.25,
+        batch_scale=0.25,
+        eval_batch_size=64,
+        max_eval_seconds=60.0,
+    ),
+    # The real thing: one GPU, five minutes, as in autoresearch.
+    "gpu": Profile(
+        name="gpu",
+        vocab_size=8192,
+        seq_len=2048,
+        time_budget=300.0,
+        eval_tokens=10 * 2**20,
+        corpus_bytes=400_000_000,
+        tokenizer_bytes=4_000_000,
+        depth_scale=1.0,
+        batch_scale=1.0,
+        eval_batch_size=32,
+        max_eval_seconds=900.0,
+    ),
+}
+
+
+class PrepareError(RuntimeError):
+    """The data could not be prepared; the message says why and what to do."""
+
+
+class EvaluationError(RuntimeError):
+    """The checkpoint cannot be scored honestly (wrong shape, looks at the future...)."""
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named, or NANOCHAT_PROFILE, or "cpu"."""
+    name = name or os.environ.get("NANOCHAT_PROFILE") or "cpu"
+    if name not in PROFILES:
+        raise PrepareError(
+            f"unknown profile {name!r}: set NANOCHAT_PROFILE to one of {', '.join(PROFILES)}"
+        )
+    return PROFILES[name]
+
+
+def time_budget(profile: Profile) -> float:
+    """The training budget in seconds; NANOCHAT_TIME_BUDGET overrides it for smoke runs."""
+    raw = os.environ.get("NANOCHAT_TIME_BUDGET")
+    if not raw:
+        return profile.time_budget
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):
+        raise PrepareError(f"NANOCHAT_TIME_BUDGET={raw!r} is not a positive number of seconds")
+    return value
+
+
+def cache_dir() -> Path:
+    """Where prepared data lives: NANOCHAT_CACHE, or ~/.cache/nanochat-autoresearch."""
+    raw = os.environ.get("NANOCHAT_CACHE")
+    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "nanochat-autoresearch"
+
+
+# -----------------------------------------------------------------------------
+# Corpora: documents as (id, text); the id decides the split, so it never moves
+
+SOURCES = {
+    "tinyshakespeare": (
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    ),
+    "tinystories": (
+        "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-train.txt"
+    ),
+}
+TINYSHAKESPEARE_BYTES = 1_115_394  # the file's known size: a truncated download is caught
+
+
+def get_source(name: str | None = None) -> str:
+    """The corpus named, or NANOCHAT_DATA, or "stdlib" (offline, so the metric never needs a network)."""
+    name = name or os.environ.get("NANOCHAT_DATA") or "stdlib"
+    if name != "stdlib" and name not in SOURCES:
+        raise PrepareError(
+            f"unknown corpus {name!r}: set NANOCHAT_DATA to stdlib, {', '.join(SOURCES)}"
+        )
+    return name
+
+
+def _bucket(doc_id: str) -> float:
+    """A stable number in [0, 1) from a document id: the same document, the same split, always."""
+    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _split_of(doc_id: str) -> str:
+    b = _bucket(doc_id)
+    if b < VAL_FRACTION:
+        return "val"
+    if b < VAL_FRACTION + HOLDOUT_FRACTION:
+        return "holdout"
+    return "train"
+
+
+def _cut(text: str) -> str:
+    """Cut a long document at a line boundary near MAX_DOC_BYTES."""
+    if len(text) <= MAX_DOC_BYTES:
+        return text
+    head = text[:MAX_DOC_BYTES]
+    return head[: head.rfind("\n") + 1] or head
+
+
+def stdlib_documents() -> list[tuple[str, Path]]:
+    """The Python standard library's own .py files: text every Python install has."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file()]
+    return sorted((p.relative_to(root).as_posix(), p) for p in files)
+
+
+def _download(name: str, dest: Path, max_bytes: int) -> None:
+    """Stream a corpus to dest (at most max_bytes), check it, record its sha256."""
+    url = SOURCES[name]
+    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
+    print(f"prepare: downloading {name} from {url}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
+            total = 0
+            while total < max_bytes:
+                chunk = resp.read(min(1 << 20, max_bytes - total))
+                if not chunk:
+                    break
+                out.write(chunk)
+                total += len(chunk)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PrepareError(
+            f"could not download the {name} corpus ({exc}); check the network, or use the "
+            "offline corpus with NANOCHAT_DATA=stdlib"
+        ) from exc
+    raw = tmp.read_bytes()
+    if name == "tinyshakespeare" and len(raw) != TINYSHAKESPEARE_BYTES:
+        tmp.unlink()
+        raise PrepareError(
+            f"tinyshakespeare download has {len(raw)} bytes, expected {TINYSHAKESPEARE_BYTES}; "
+            "retry, or use NANOCHAT_DATA=stdlib"
+        )
+    text = raw.decode("utf-8", errors="ignore")  # a capped download may end mid-character
+    if len(text) < 100_000:
+        tmp.unlink()
+        raise PrepareError(f"{name} download is too small ({len(raw)} bytes); retry later")
+    tmp.write_text(text, encoding="utf-8")
+    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    tmp.replace(dest)
+    dest.with_name(dest.name + ".sha256").write_text(sha + "\n")
+
+
+def _downloaded_text(name: str, max_bytes: int) -> str:
+    """The cached download, verified against its recorded sha256 (fetched when missing)."""
+    dest = cache_dir() / "downloads" / f"{name}-{max_bytes}.txt"
+    sha_file = dest.with_name(dest.name + ".sha256")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and sha_file.exists():
+        if hashlib.sha256(dest.read_bytes()).hexdigest() != sha_file.read_text().strip():
+            dest.unlink()  # corrupted on disk: fetch it again rather than train on garbage
+    if not (dest.exists() and sha_file.exists()):
+        _download(name, dest, max_bytes)
+    return dest.read_text(encoding="utf-8")
+
+
+def documents(source: str, max_bytes: int) -> list[tuple[str, str]]:
+    """(id, text) documents of a corpus, in a fixed order, at most about max_bytes in all."""
+    if source == "stdlib":
+        picked, total = [], 0
+        # Hash order is a fixed shuffle: the subset mixes all of the library, not just "a*".
+        for doc_id, path in sorted(stdlib_documents(), key=lambda d: _bucket("pick:" + d[0])):
+            if total >= max_bytes:
+                break
+            try:
+                text = _cut(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, OSError):
+                continue  # a few test files are deliberately not UTF-8
+            if text.strip():
+                picked.append((doc_id, text))
+                total += len(text.encode("utf-8"))
+        return picked
+    text = _downloaded_text(source, max_bytes)
+    sep = "<|endoftext|>" if source == "tinystories" else "\n\n"
+    parts = [p.strip() for p in text.split(sep)]
+    return [(f"{source}:{i}", _cut(p)) for i, p in enumerate(parts) if p]
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer: byte-level BPE trained here, served by tiktoken
+
+
+def train_bpe(text: str, vocab_size: int) -> dict[bytes, int]:
+    """Learn byte-level BPE merges; returns tiktoken's mergeable ranks (vocab_size - 1 entries)."""
+    target = vocab_size - 1  # one id is kept for BOS
+    if target < 256:
+        raise PrepareError(f"vocab_size {vocab_size} is too small: byte-level BPE needs >= 257")
+    chunk_counts = Counter(re.findall(SPLIT_PATTERN, text))
+    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+    freqs = list(chunk_counts.values())
+    token_bytes = [bytes([i]) for i in range(256)]
+    ranks = {b: i for i, b in enumerate(token_bytes)}
+
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for wi, ids in enumerate(words):
+        for pair in zip(ids, ids[1:]):
+            pair_counts[pair] += freqs[wi]
+            where[pair].add(wi)
+    # A heap with lazy deletion: stale entries are skipped when their count no longer matches.
+    heap = [(-c, pair) for pair, c in pair_counts.items()]
+    heapq.heapify(heap)
+
+    while len(ranks) < target and heap:
+        neg, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -neg:
+            continue
+        if -neg < 2:
+            break  # nothing left worth merging
+        merged = token_bytes[pair[0]] + token_bytes[pair[1]]
+        new_id = ranks.get(merged)
+        if new_id is None:  # two merge paths can spell the same bytes: keep one id for them
+            new_id = len(token_bytes)
+            token_bytes.append(merged)
+            ranks[merged] = new_id
+        changed: set[tuple[int, int]] = set()
+        for wi in list(where.pop(pair, ())):
+            ids, f = words[wi], freqs[wi]
+            for p in zip(ids, ids[1:]):
+                pair_counts[p] -= f
+                changed.add(p)
+            out, i = [], 0
+            while i < len(ids):
+                if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            words[wi] = out
+            for p in zip(out, out[1:]):
+                pair_counts[p] += f
+                where[p].add(wi)
+                changed.add(p)
+        pair_counts.pop(pair, None)
+        for p in changed:
+            c = pair_counts.get(p, 0)
+            if c > 0:
+                heapq.heappush(heap, (-c, p))
+            else:
+                pair_counts.pop(p, None)
+    return ranks
+
+
+def make_encoding(ranks: dict[bytes, int], vocab_size: int, name: str = "nanochat"):
+    """A tiktoken Encoding built from our ranks: nothing is downloaded or looked up."""
+    import tiktoken
+
+    return tiktoken.Encoding(
+        name,
+        pat_str=SPLIT_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={BOS: vocab_size - 1},
+        explicit_n_vocab=None,
+    )
+
+
+def _save_ranks(ranks: dict[bytes, int], path: Path) -> None:
+    lines = [f"{base64.b64encode(b).decode()} {r}" for b, r in sorted(ranks.items(), key=_rank)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _rank(item: tuple[bytes, int]) -> int:
+    return item[1]
+
+
+def _load_ranks(path: Path) -> dict[bytes, int]:
+    ranks = {}
+    for line in path.read_text().splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+# -----------------------------------------------------------------------------
+# Prepared data: tokenized splits, cached on disk, keyed by everything they depend on
+
+
+@dataclass
+class Data:
+    """A prepared corpus: tokenizer and the three token streams (numpy uint16)."""
+
+    profile: Profile
+    source: str
+    path: Path
+    encoding: object  # tiktoken.Encoding
+    splits: dict[str, np.ndarray]
+    meta: dict
+
+    @property
+    def bos_id(self) -> int:
+        return self.profile.vocab_size - 1
+
+
+def _cache_key(profile: Profile, source: str) -> str:
+    spec = {
+        "version": PREPARE_VERSION,
+        "source": source,
+        "vocab_size": profile.vocab_size,
+        "corpus_bytes": profile.corpus_bytes,
+        "tokenizer_bytes": profile.tokenizer_bytes,
+        "pattern": SPLIT_PATTERN,
+        # The stdlib differs between Python versions, so its corpus does too.
+        "python": sys.version.split()[0] if source == "stdlib" else None,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def data_path(profile: Profile, source: str) -> Path:
+    """The cache directory of one prepared corpus."""
+    return cache_dir() / f"{source}-{profile.name}-{_cache_key(profile, source)}"
+
+
+def _build(profile: Profile, source: str, dest: Path) -> None:
+    """Build the corpus into a temporary directory, then move it into place in one rename."""
+    t0 = time.time()
+    docs = documents(source, profile.corpus_bytes)
+    by_split: dict[str, list[str]] = {"train": [], "val": [], "holdout": []}
+    for doc_id, text in docs:
+        by_split[_split_of(doc_id)].append(text)
+    sample, size = [], 0
+    for text in by_split["train"]:
+        if size >= profile.tokenizer_bytes:
+            break
+        sample.append(text)
+        size += len(text.encode("utf-8"))
+    ranks = train_bpe("\n".join(sample), profile.vocab_size)
+    enc = make_encoding(ranks, profile.vocab_size)
+    bos = profile.vocab_size - 1
+
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir(parents=True)
+    meta = {"source": source, "profile": profile.name, "vocab_size": profile.vocab_size}
+    for split, texts in by_split.items():
+        tokens: list[int] = []
+        for ids in enc.encode_ordinary_batch(texts, num_threads=2):
+            tokens.append(bos)
+            tokens.extend(ids)
+        arr = np.asarray(tokens, dtype=np.uint16)
+        np.save(tmp / f"{split}.npy", arr)
+        meta[split] = {
+            "documents": len(texts),
+            "bytes": sum(len(t.encode("utf-8")) for t in texts),
+            "tokens": int(arr.size),
+        }
+    _save_ranks(ranks, tmp / "tokenizer.bpe")
+    meta["seconds"] = round(time.time() - t0, 2)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        tmp.rename(dest)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: use theirs
+        if not dest.exists():
+            raise
+
+
+@functools.lru_cache(maxsize=4)
+def _load(profile: Profile, source: str) -> Data:
+    path = data_path(profile, source)
+    if not (path / "meta.json").exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _build(profile, source, path)
+    meta = json.loads((path / "meta.json").read_text())
+    splits = {s: np.load(path / f"{s}.npy") for s in ("train", "val", "holdout")}
+    for split in ("val", "holdout"):
+        if splits[split].size < profile.seq_len + 2:
+            raise PrepareError(
+                f"the {split} split of {source} has only {splits[split].size} tokens; "
+                "the corpus is too small for this profile"
+            )
+    encoding = make_encoding(_load_ranks(path / "tokenizer.bpe"), profile.vocab_size)
+    return Data(profile, source, path, encoding, splits, meta)
+
+
+def load_data(profile: Profile | None = None, source: str | None = None) -> Data:
+    """The prepared corpus for a profile (built and cached on first use)."""
+    return _load(profile or get_profile(), get_source(source))
+
+
+def token_byte_lengths(data: Data) -> np.ndarray:
+    """UTF-8 length of every token id; 0 for BOS and unused ids, so they are never scored."""
+    lengths = np.zeros(data.profile.vocab_size, dtype=np.int64)
+    for i in range(data.encoding.n_vocab):
+        if i != data.bos_id:
+            lengths[i] = len(data.encoding.decode_single_token_bytes(i))
+    return lengths
+
+
+def uniform_bpb(data: Data, split: str = "val") -> float:
+    """The bits per byte of a model that knows nothing: log2(vocab) per scored token."""
+    nbytes = token_byte_lengths(data)[eval_windows(data, split)[1]]
+    counted = int((nbytes > 0).sum())
+    return math.log2(data.profile.vocab_size) * counted / int(nbytes.sum())
+
+
+# -----------------------------------------------------------------------------
+# Dataloader
+
+
+def batches(data: Data, batch_size: int, device: str, seed: int = 0):
+    """Endless (x, y) batches of random windows of seq_len tokens from the train split."""
+    import torch
+
+    T = data.profile.seq_len
+    tokens = torch.from_numpy(data.splits["train"].astype(np.int32)).to(device)
+    if tokens.numel() <= T + 1:
+        raise PrepareError("the train split is shorter than one sequence")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    offsets = torch.arange(T + 1, device=device)
+    while True:
+        starts = torch.randint(0, tokens.numel() - T - 1, (batch_size,), generator=gen)
+        window = tokens[starts.to(device)[:, None] + offsets].long()
+        yield window[:, :-1], window[:, 1:]
+
+
+# -----------------------------------------------------------------------------
+# Evaluation: the number that decides
+
+
+def eval_windows(data: Data, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed (inputs, targets) windows scored on a split: eval_tokens in all, spread
+    evenly over the whole split so that every part of it counts, not just its first files."""
+    if split not in ("val", "holdout"):
+        raise EvaluationError(f"evaluate on 'val' or 'holdout', not {split!r}")
+    tokens, T = data.splits[split].astype(np.int64), data.profile.seq_len
+    n = max(1, min(data.profile.eval_tokens // T, (tokens.size - 1) // T))
+    starts = np.linspace(0, tokens.size - T - 1, n).astype(np.int64)
+    window = tokens[starts[:, None] + np.arange(T + 1)]
+    return np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:])
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """Rebuild the model train.py saved: GPT(GPTConfig(**config)) with its state dict."""
+    import torch
+
+    from nanochat import train
+
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if not isinstance(ckpt, dict) or {"config", "state_dict"} - ckpt.keys():
+        raise EvaluationError(
+            f"{path} is not a nanochat checkpoint: expected a dict with 'config' and 'state_dict'"
+        )
+    model = train.GPT(train.GPTConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
+
+
+def _check_causal(model, x, vocab_size: int) -> None:
+    """Changing the last token must not change any earlier prediction."""
+    import torch
+
+    probe = x[:1].clone()
+    changed = probe.clone()
+    changed[0, -1] = (changed[0, -1] + 1) % (vocab_size - 1)
+    with torch.no_grad():
+        a = model(probe).float()[0, :-1]
+        b = model(changed).float()[0, :-1]
+    if not torch.allclose(a, b, atol=1e-3, rtol=1e-3):
+        raise EvaluationError(
+            "the model's earlier predictions change when a later token changes: it looks at "
+            "the future, so its bits per byte would be meaningless. Keep attention causal."
+        )
+
+
+def evaluate_bpb(model, data: Data, split: str = "val", device: str = "cpu") -> float:
+    """Bits per UTF-8 byte of `split` under `model`; BOS targets are excluded."""
+    import torch
+    import torch.nn.functional as F
+
+    T, V = data.profile.seq_len, data.profile.vocab_size
+    x_np, y_np = eval_windows(data, split)
+    x_all, y_all = torch.from_numpy(x_np), torch.from_numpy(y_np)
+    nbytes = torch.from_numpy(token_byte_lengths(data))
+    n_windows = x_all.size(0)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    total_nats, total_bytes = 0.0, 0
+    model.eval()
+    with torch.no_grad(), autocast:
+        _check_causal(model, x_all.to(device), V)
+        for i in range(0, n_windows, data.profile.eval_batch_size):
+            x = x_all[i : i + data.profile.eval_batch_size].to(device)
+            y = y_all[i : i + data.profile.eval_batch_size].to(device)
+            logits = model(x)
+            if tuple(logits.shape) != (x.shape[0], T, V):
+                raise EvaluationError(
+                    f"the model returned logits of shape {tuple(logits.shape)}, "
+                    f"expected {(x.shape[0], T, V)}"
+                )
+            nats = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1), reduction="none")
+            b = nbytes.to(device)[y.reshape(-1)]
+            total_nats += float((nats * (b > 0)).sum())
+            total_bytes += int(b.sum())
+    bpb = total_nats / (math.log(2) * total_bytes)
+    if not math.isfinite(bpb):
+        raise EvaluationError(f"bits per byte on {split} is {bpb}: the model produced NaN/inf")
+    return bpb
+
+
+# -----------------------------------------------------------------------------
+# Hardware reference for MFU
+
+
+@functools.lru_cache(maxsize=2)
+def peak_flops(device: str) -> float:
+    """Peak dense FLOP/s: the datasheet for known GPUs, a measured fp32 matmul otherwise."""
+    import torch
+
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(device)
+        for key, flops in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12)):
+            if key in name:
+                return flops
+    a = torch.randn(1024, 1024, device=device)
+    for _ in range(2):
+        a @ a  # warm up the kernels before timing
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    reps, t0 = 8, time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * 1024**3 * reps / (time.perf_counter() - t0)
+
+
+# -----------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare (or verify) the cached corpus and print a summary."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None)
+    parser.add_argument("--data", choices=["stdlib", *SOURCES], default=None)
+    args = parser.parse_args(argv)
+    try:
+        data = load_data(get_profile(args.profile), args.data)
+    except PrepareError as exc:
+        print(f"prepare: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"prepared {data.source} for the {data.profile.name} profile at {data.path}")
+    for split in ("train", "val", "holdout"):
+        m = data.meta[split]
+        print(f"  {split:8s} {m['documents']:6d} docs {m['bytes']:12,d} bytes {m['tokens']:11,d} tok")
+    print(f"  uniform (untrained) val bpb: {uniform_bpb(data):.3f}")
+    print(f"  profile: {json.dumps(asdict(data.profile))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

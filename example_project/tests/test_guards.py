@@ -1,0 +1,191 @@
+"""Guard tests: an experiment that breaks one of these is not kept, whatever its val_bpb.
+
+They check the harness (tokenizer, bits-per-byte arithmetic) and the editable trainer
+(shapes, causality, that optimisation lowers the loss, that it stops at its budget).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nanochat import prepare, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return prepare.load_data(prepare.get_profile("cpu"))
+
+
+@pytest.fixture
+def model(data):
+    torch.manual_seed(0)
+    m = train.GPT(train.make_config(data.profile))
+    m.init_weights()
+    return m
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer and data
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "def f(x):\n    return x ** 2  # square\n",
+        "naïve café, Øresund, 日本語, emoji 🐍, tabs\tand  spaces  \n\n\r\n",
+        "",
+        "<|bos|> is plain text when it appears in a document",
+    ],
+)
+def test_tokenizer_round_trip(data, text):
+    ids = data.encoding.encode_ordinary(text)
+    assert data.encoding.decode(ids) == text
+    assert all(0 <= i < data.bos_id for i in ids), "ordinary text must never produce BOS"
+
+
+def test_tokenizer_compresses_and_has_the_profiles_vocab(data):
+    enc = data.encoding
+    assert enc.n_vocab == data.profile.vocab_size
+    assert enc.encode("<|bos|>", allowed_special="all") == [data.bos_id]
+    sample = (ROOT / "nanochat" / "prepare.py").read_text()
+    ids = enc.encode_ordinary(sample)
+    assert len(sample.encode()) / len(ids) > 1.5, "the BPE should merge common byte pairs"
+
+
+def test_splits_are_disjoint_and_documents_start_with_bos(data):
+    for split in ("train", "val", "holdout"):
+        tokens = data.splits[split]
+        assert tokens[0] == data.bos_id
+        assert tokens.max() < data.profile.vocab_size
+        assert data.meta[split]["documents"] == int((tokens == data.bos_id).sum())
+    assert data.meta["val"]["tokens"] > data.profile.eval_tokens
+    assert data.meta["holdout"]["tokens"] > data.profile.eval_tokens
+    # The split of a document follows from its id alone, so it never moves between runs.
+    assert prepare._split_of("json/decoder.py") == prepare._split_of("json/decoder.py")
+
+
+def test_batches_are_shifted_windows(data):
+    x, y = next(prepare.batches(data, 4, "cpu", seed=1))
+    assert x.shape == y.shape == (4, data.profile.seq_len)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+# -----------------------------------------------------------------------------
+# Bits per byte
+
+
+class FixedLogits(nn.Module):
+    """A 'model' that gives every position the same logits: its bpb is known by hand."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, idx):
+        B, T = idx.shape
+        return self.logits.expand(B, T, -1)
+
+
+def test_bpb_of_a_uniform_model_is_log2_vocab_per_byte(data):
+    V = data.profile.vocab_size
+    bpb = prepare.evaluate_bpb(FixedLogits(torch.zeros(V)), data, "val")
+    assert bpb == pytest.approx(prepare.uniform_bpb(data, "val"), rel=1e-6)
+
+
+def test_bpb_arithmetic_on_a_hand_made_case(data):
+    # Counted by hand: ids 0..V-2 have a byte length; BOS targets are excluded.
+    V = data.profile.vocab_size
+    targets = prepare.eval_windows(data, "val")[1].ravel()
+    lengths = prepare.token_byte_lengths(data)
+    assert lengths[data.bos_id] == 0 and lengths[ord("a")] == 1
+    logits = torch.zeros(V)
+    logits[ord("a")] = math.log(3 * (V - 1))  # p("a") = 3(V-1) / (3(V-1) + V - 1) = 3/4
+    p = torch.softmax(logits, 0).double()
+    scored = targets[lengths[targets] > 0]
+    expected = -sum(math.log2(p[t]) for t in scored) / lengths[targets].sum()
+    assert p[ord("a")] == pytest.approx(0.75)
+    got = prepare.evaluate_bpb(FixedLogits(logits), data, "val")
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluation_rejects_a_model_that_sees_the_future(data):
+    class Cheat(nn.Module):
+        def forward(self, idx):
+            # Predicts the next token by reading it: perfect, and not a language model.
+            nxt = torch.roll(idx, -1, dims=1)
+            return 30.0 * nn.functional.one_hot(nxt, data.profile.vocab_size).float()
+
+    with pytest.raises(prepare.EvaluationError, match="looks at the future"):
+        prepare.evaluate_bpb(Cheat(), data, "val")
+
+
+# -----------------------------------------------------------------------------
+# The trainer
+
+
+def test_model_shapes_and_causality(data, model):
+    B, T, V = 2, data.profile.seq_len, data.profile.vocab_size
+    x = torch.randint(0, V - 1, (B, T))
+    assert model(x).shape == (B, T, V)
+    x2 = x.clone()
+    x2[:, T // 2 :] = (x2[:, T // 2 :] + 1) % (V - 1)
+    assert torch.allclose(model(x)[:, : T // 2], model(x2)[:, : T // 2], atol=1e-5)
+
+
+def test_logits_are_soft_capped(data, model):
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e4)
+    logits = model(torch.randint(0, 100, (1, 16)))
+    assert logits.abs().max() <= model.config.logit_softcap + 1e-4
+
+
+def test_a_few_optimizer_steps_lower_the_loss(data, model):
+    optimizers = train.build_optimizers(model)
+    x, y = next(prepare.batches(data, 4, "cpu", seed=3))
+    x, y = x[:, :64], y[:, :64]  # small: this guard runs before every experiment
+    losses = []
+    for _ in range(8):
+        loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, f"loss did not fall: {losses}"
+
+
+def test_orthogonalize_flattens_the_spectrum():
+    g = torch.randn(64, 256) * torch.logspace(-2, 1, 256)  # badly conditioned
+    s = torch.linalg.svdvals(train.orthogonalize(g))
+    assert 0.5 < s.min() and s.max() < 1.3
+
+
+def test_training_stops_at_its_budget_and_saves_a_scorable_model(data, tmp_path):
+    budget = 3.0
+    env = dict(os.environ, NANOCHAT_PROFILE="cpu", NANOCHAT_TIME_BUDGET=str(budget))
+    env["PYTHONPATH"] = str(ROOT)
+    out, stats = tmp_path / "m.pt", tmp_path / "stats.json"
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanochat.train", "--out", str(out), "--stats", str(stats)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget + 40,
+    )
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads(stats.read_text())
+    assert budget <= record["training_seconds"] < budget + 10, record
+    assert wall < budget + 30, f"training took {wall:.1f}s of wall clock for a {budget}s budget"
+    bpb = prepare.evaluate_bpb(prepare.load_model(out), data, "val")
+    assert math.isfinite(bpb) and bpb < prepare.uniform_bpb(data)
