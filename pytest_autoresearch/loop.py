@@ -272,6 +272,8 @@ class ResearchLoop:
             self.echo(
                 f"  baseline {i + 1}/{runs}: {self.objective} {value:.6g}  ({ev.duration:.1f}s)"
             )
+        # Files the unchanged tests write are outputs, not a future proposal's doing.
+        self.repo.out_of_scope(self.program.is_editable, after="evaluation")
         self.noise_groups = [values]
         self.best_runs = len(values)
         self.baseline = self.best = stats.mean(values)

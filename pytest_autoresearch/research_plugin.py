@@ -220,6 +220,9 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     config = session.config
     if not config.getoption("autoresearch") or config.option.collectonly:
         return None
+    if os.environ.get("AUTORESEARCH_WORKER"):
+        # An evaluation subprocess (e.g. --autoresearch in PYTEST_ADDOPTS): run tests, no loop.
+        return None
     from pytest_autoresearch.session import run_research_session
 
     run_research_session(session)

@@ -78,7 +78,7 @@ def test_out_of_scope_crash_hang_and_nan_are_outcomes(pytester: pytest.Pytester)
     root = make_toy(
         pytester.path,
         [
-            step("edit the test", tests__test_metric_py="def test_loss():\n    pass\n"),
+            step("edit the test", files={"tests/test_metric.py": "def test_loss():\n    pass\n"}),
             step("crash", 4.0, extra='raise RuntimeError("boom in the candidate")\n'),
             step("hang", 4.0, extra="import time\ntime.sleep(120)\n"),
             step("nan", float("nan")),

@@ -130,13 +130,13 @@ def make_toy(root: Path, steps: list[dict], *, x: float = 10.0, timeout: float =
     return root
 
 
-def step(description: str, x: float | None = None, *, extra: str = "", **writes: str) -> dict:
-    """One scripted experiment: set X (and/or write other files, given as path=text)."""
-    out: dict = {"description": description, "write": {}}
+def step(
+    description: str, x: float | None = None, *, extra: str = "", files: dict | None = None
+) -> dict:
+    """One scripted experiment: set X, and/or write other files ({path: text})."""
+    out: dict = {"description": description, "write": dict(files or {})}
     if x is not None:
         out["write"]["toy/model.py"] = model_source(x, extra)
-    for rel, text in writes.items():
-        out["write"][rel.replace("__", "/")] = text
     return out
 
 
