@@ -359,6 +359,7 @@ def test_unknown_tool_and_untrusted_description(server, root):
     assert len(long) == 200 and long.endswith("...") and "\n" not in long
 
 
+@pytest.mark.filterwarnings("ignore:The model .* is deprecated:DeprecationWarning")
 def test_thinking_is_adaptive_on_new_models_and_a_budget_on_older_ones(server, root):
     server.add(*improve_lr())
     proposer(server, model="claude-opus-5", thinking=4000).propose(make_ctx(root))
