@@ -39,6 +39,7 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,7 @@ TINYSHAKESPEARE_BYTES = 1_115_394  # the file's known size: a truncated download
 
 
 def get_source(name: str | None = None) -> str:
-    """The corpus named, or NANOCHAT_DATA, or "stdlib" (offline, so the metric never needs a network)."""
+    """The corpus named, or NANOCHAT_DATA, or "stdlib": offline, so no metric needs a network."""
     name = name or os.environ.get("NANOCHAT_DATA") or "stdlib"
     if name != "stdlib" and name not in SOURCES:
         raise PrepareError(
@@ -243,9 +244,9 @@ def _downloaded_text(name: str, max_bytes: int) -> str:
     dest = cache_dir() / "downloads" / f"{name}-{max_bytes}.txt"
     sha_file = dest.with_name(dest.name + ".sha256")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists() and sha_file.exists():
-        if hashlib.sha256(dest.read_bytes()).hexdigest() != sha_file.read_text().strip():
-            dest.unlink()  # corrupted on disk: fetch it again rather than train on garbage
+    intact = dest.exists() and sha_file.exists()
+    if intact and hashlib.sha256(dest.read_bytes()).hexdigest() != sha_file.read_text().strip():
+        dest.unlink()  # corrupted on disk: fetch it again rather than train on garbage
     if not (dest.exists() and sha_file.exists()):
         _download(name, dest, max_bytes)
     return dest.read_text(encoding="utf-8")
@@ -291,7 +292,7 @@ def train_bpe(text: str, vocab_size: int) -> dict[bytes, int]:
     pair_counts: dict[tuple[int, int], int] = defaultdict(int)
     where: dict[tuple[int, int], set[int]] = defaultdict(set)
     for wi, ids in enumerate(words):
-        for pair in zip(ids, ids[1:]):
+        for pair in pairwise(ids):
             pair_counts[pair] += freqs[wi]
             where[pair].add(wi)
     # A heap with lazy deletion: stale entries are skipped when their count no longer matches.
@@ -313,7 +314,7 @@ def train_bpe(text: str, vocab_size: int) -> dict[bytes, int]:
         changed: set[tuple[int, int]] = set()
         for wi in list(where.pop(pair, ())):
             ids, f = words[wi], freqs[wi]
-            for p in zip(ids, ids[1:]):
+            for p in pairwise(ids):
                 pair_counts[p] -= f
                 changed.add(p)
             out, i = [], 0
@@ -325,7 +326,7 @@ def train_bpe(text: str, vocab_size: int) -> dict[bytes, int]:
                     out.append(ids[i])
                     i += 1
             words[wi] = out
-            for p in zip(out, out[1:]):
+            for p in pairwise(out):
                 pair_counts[p] += f
                 where[p].add(wi)
                 changed.add(p)
@@ -637,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prepared {data.source} for the {data.profile.name} profile at {data.path}")
     for split in ("train", "val", "holdout"):
         m = data.meta[split]
-        print(f"  {split:8s} {m['documents']:6d} docs {m['bytes']:12,d} bytes {m['tokens']:11,d} tok")
+        print(f"  {split:8s} {m['documents']:5d} docs {m['bytes']:12,d} B {m['tokens']:11,d} tok")
     print(f"  uniform (untrained) val bpb: {uniform_bpb(data):.3f}")
     print(f"  profile: {json.dumps(asdict(data.profile))}")
     return 0

@@ -47,9 +47,9 @@ UNEMBEDDING_LR = 0.004  # AdamW, lm_head (scaled like the embedding)
 ADAM_BETA1 = 0.8  # short memory: the loss moves fast in a short run
 ADAM_BETA2 = 0.95
 MUON_MOMENTUM = 0.95  # Nesterov momentum before orthogonalisation
-WARMUP_RATIO = 0.0  # fraction of the budget spent ramping the LR up (Muon rarely needs it)
+WARMUP_RATIO = 0.0  # share of the budget ramping the LR up (Muon rarely needs it)  # search: 0..0.2
 WARMDOWN_RATIO = 0.5  # fraction of the budget spent decaying the LR linearly
-FINAL_LR_FRAC = 0.0  # LR multiplier reached at the end of the warmdown
+FINAL_LR_FRAC = 0.0  # LR multiplier reached at the end of the warmdown  # search: 0..0.5
 LOGIT_SOFTCAP = 15.0  # tanh cap on logits: keeps early training from spiking
 SEED = 42  # search: off
 
@@ -119,7 +119,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU^2: cheap and a bit better than GELU
+        return self.c_proj(F.relu(self.c_fc(x)).square())  # ReLU^2: cheap, beats GELU here
 
 
 class Block(nn.Module):
@@ -302,8 +302,10 @@ def train(out: str, stats_path: str | None) -> dict:
     batch_size = max(1, round(DEVICE_BATCH_SIZE * profile.batch_scale))
     loader = prepare.batches(data, batch_size, device, seed=SEED)
     untimed_steps = 10 if device == "cuda" else 1  # compilation and allocator warm-up
-    print(f"profile {profile.name} on {device}: {asdict(config)}, batch {batch_size}, "
-          f"{num_params / 1e6:.2f}M params, budget {budget:.0f}s")
+    print(
+        f"profile {profile.name} on {device}: {asdict(config)}, batch {batch_size}, "
+        f"{num_params / 1e6:.2f}M params, budget {budget:.0f}s"
+    )
 
     step, training_time, smooth_loss = 0, 0.0, 0.0
     while True:
@@ -328,8 +330,10 @@ def train(out: str, stats_path: str | None) -> dict:
         smooth_loss = loss_value if step == 0 else 0.9 * smooth_loss + 0.1 * loss_value
         step += 1
         if step % 20 == 0:
-            print(f"step {step:5d} | loss {smooth_loss:.4f} | lrm {lrm:.2f} | "
-                  f"{training_time:5.1f}/{budget:.0f}s")
+            print(
+                f"step {step:5d} | loss {smooth_loss:.4f} | lrm {lrm:.2f} | "
+                f"{training_time:5.1f}/{budget:.0f}s"
+            )
         if training_time >= budget:
             break
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-
 from nanochat import prepare, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,18 +168,22 @@ def test_a_few_optimizer_steps_lower_the_loss(data, model):
 def test_orthogonalize_flattens_the_spectrum():
     g = torch.randn(64, 256) * torch.logspace(-2, 1, 256)  # badly conditioned
     s = torch.linalg.svdvals(train.orthogonalize(g))
-    assert 0.5 < s.min() and s.max() < 1.3
+    assert s.min() > 0.5 and s.max() < 1.3
 
 
 def test_training_stops_at_its_budget_and_saves_a_scorable_model(data, tmp_path):
-    budget = 3.0
+    budget = 2.0
     env = dict(os.environ, NANOCHAT_PROFILE="cpu", NANOCHAT_TIME_BUDGET=str(budget))
     env["PYTHONPATH"] = str(ROOT)
     out, stats = tmp_path / "m.pt", tmp_path / "stats.json"
     t0 = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "nanochat.train", "--out", str(out), "--stats", str(stats)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=budget + 40,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=budget + 40,
     )
     wall = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

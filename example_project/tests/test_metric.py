@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from nanochat import prepare
+
 from pytest_autoresearch import metric
 
 ROOT = Path(__file__).resolve().parents[1]
