@@ -252,6 +252,8 @@ class LLMProposer:
         }
         if carried:
             extra["carried_usd"] = round(carried, 6)
+        if getattr(self, "price_known", True) is False:
+            extra["price"] = "model not in the price table: priced at the dearest rate"
         return Proposal(description=description, cost=cost, extra=extra)
 
     def _save_transcript(self, ctx: ProposalContext, label: str, ex: Exchange) -> None:
@@ -414,6 +416,7 @@ class AnthropicProposer(LLMProposer):
         for use in uses:
             ex.tool_calls += 1
             if use.get("name") != TOOL_NAME:
+                sandbox.refused += 1
                 answer, is_error = f"Error: unknown tool {use.get('name')!r}; use {TOOL_NAME}", True
             else:
                 answer, is_error = sandbox.execute(use.get("input"))
