@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch.proposers.base import ProposalContext
-from pytest_autoresearch.proposers.sandbox import TOOL_NAME, glob_matcher
+from pytest_autoresearch.proposers.sandbox import TOOL_NAME
 
 API_KEY = "sk-ant-test-0123456789abcdefSECRET"
 OPENAI_KEY = "sk-oai-test-0123456789abcdefSECRET"
@@ -274,38 +274,14 @@ def tool_messages(req: Request) -> list[dict]:
 # -- a project and a context ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ProgramDouble:
-    """Stands in for program.Program (same fields) until that module lands."""
-
-    path: Path
-    editable: tuple[str, ...]
-    objective: str
-    guards: tuple[str, ...] = ()
-    holdout: str | None = None
-    constraints: tuple[Any, ...] = ()
-    timeout: float | None = None
-    min_delta: float = 0.0
-    baseline_runs: int = 3
-    context: tuple[str, ...] = ()
-    instructions: str = ""
-
-    def is_editable(self, relpath: str) -> bool:
-        return glob_matcher(self.editable)(relpath)
-
-    def editable_files(self, root: Path) -> list[str]:
-        files = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-        return sorted(f for f in files if self.is_editable(f))
-
-
 def make_program(root: Path, editable: tuple[str, ...] = ("train.py",), **kw: Any) -> Any:
-    """The real Program when program.py exists, else a double with the same fields."""
-    try:
-        from pytest_autoresearch.program import Program
-    except ImportError:
-        Program = ProgramDouble  # noqa: N806
+    """A real program.Program over ``root`` (program.md itself is never editable)."""
+    from pytest_autoresearch.program import Program
+
     kw.setdefault("objective", "loss")
-    return Program(path=root / "program.md", editable=tuple(editable), **kw)
+    return Program(
+        path=root / "program.md", editable=tuple(editable), program_relpath="program.md", **kw
+    )
 
 
 TRAIN = "LR = 0.01\nBATCH = 32\n\n\ndef train():\n    return LR * BATCH\n"
