@@ -74,6 +74,13 @@ def _make_proposer(config: pytest.Config, echo) -> tuple[Any, str]:
             f"no proposer called {name!r}: the built-in ones are optuna, anthropic and openai; "
             "a plugin adds more through the pytest_autoresearch_make_proposer hook"
         )
+    check = getattr(proposer, "check", None)  # e.g. a rejected API key: say so before any work
+    if check is not None:
+        try:
+            check()
+        except ProposerFatal as exc:
+            proposer.close()
+            raise pytest.UsageError(f"proposer {name!r}: {exc}") from None
     echo(f"proposer: {name} ({why})")
     return proposer, name
 
