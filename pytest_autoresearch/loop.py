@@ -74,6 +74,7 @@ class LoopResult:
     holdout: str | None = None
     holdout_baseline: float | None = None
     holdout_best: float | None = None
+    holdout_goal: str | None = None
     cost: Cost = field(default_factory=Cost)
     interrupted: bool = False
 
@@ -116,6 +117,7 @@ class ResearchLoop:
         self.on_record = on_record or (lambda rec: None)
         self.clock = clock
         self.goal = "min"
+        self.goals: dict[str, str] = {}
         self.baseline = self.best = math.nan
         self.best_runs = 1
         self.best_metrics: dict[str, float] = {}
@@ -190,6 +192,7 @@ class ResearchLoop:
                 holdout=holdout,
                 holdout_baseline=self.baseline_metrics.get(holdout) if holdout else None,
                 holdout_best=self.best_metrics.get(holdout) if holdout else None,
+                holdout_goal=self.goals.get(holdout) if holdout else None,
                 cost=self.cost,
                 interrupted=interrupted,
             )
@@ -199,6 +202,7 @@ class ResearchLoop:
         """Pick up a journaled run: baseline, best, noise, history and cost."""
         base = state.baseline
         self.goal = base["goal"]
+        self.goals = dict(base.get("goals") or {})
         self.baseline = self.best = base["value"]
         self.best_runs = len(base["samples"])
         self.noise_groups = [list(base["samples"])]
@@ -259,8 +263,9 @@ class ResearchLoop:
                     f"was changed.\n--- last lines of its output ---\n{ev.log_tail}"
                 )
             if i == 0:
-                self.program.check_metrics({name: m.goal for name, m in ev.metrics.items()})
-                self.goal = ev.metrics[self.objective].goal
+                self.goals = {name: m.goal for name, m in ev.metrics.items()}
+                self.program.check_metrics(self.goals)
+                self.goal = self.goals[self.objective]
             value = ev.metrics[self.objective].value
             if value is None or not math.isfinite(value):
                 raise LoopError(f"the baseline's {self.objective} is {value}; fix the metric first")
@@ -288,6 +293,7 @@ class ResearchLoop:
             commit=self.repo.head(),
             objective=self.objective,
             goal=self.goal,
+            goals=self.goals,
             samples=values,
             sigma=noise.sigma,
             value=self.baseline,
