@@ -280,7 +280,9 @@ def train(out: str, stats_path: str | None) -> dict:
     t_start = time.time()
     profile = prepare.get_profile()
     budget = prepare.time_budget(profile)
-    device = "cuda" if torch.cuda.is_available() and profile.name == "gpu" else "cpu"
+    if profile.name == "gpu" and not torch.cuda.is_available():
+        sys.exit("the gpu profile needs a CUDA device; use NANOCHAT_PROFILE=cpu on this machine")
+    device = "cuda" if profile.name == "gpu" else "cpu"
     torch.manual_seed(SEED)
     if device == "cpu":
         # One thread per core we may use; beyond a few, a model this small only waits on sync.
