@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch import metrics_json
-from pytest_autoresearch.metric import Measurement
+from pytest_autoresearch.metric import Measurement, format_value
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -143,7 +143,7 @@ class RegressionCheck:
         unit = f" {c.unit}" if c.unit else ""
         direction = "lower" if c.goal == "min" else "higher"
         return (
-            f"{c.name}: {_num(c.baseline)}{unit} -> {_num(c.current)}{unit} is "
+            f"{c.name}: {format_value(c.baseline)}{unit} -> {format_value(c.current)}{unit} is "
             f"{_pct(abs(c.worse_pct))} worse ({direction} is better; "
             f"allowed {_pct(self.threshold)})"
         )
@@ -153,10 +153,6 @@ def regressions(comparisons: Iterable[Comparison], threshold: float) -> list[str
     """Every failing check's message."""
     checks = (RegressionCheck(c, threshold) for c in comparisons)
     return [msg for check in checks if (msg := check.fails())]
-
-
-def _num(value: float) -> str:
-    return f"{value:.6g}"
 
 
 def _pct(value: float) -> str:

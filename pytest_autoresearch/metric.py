@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -106,6 +105,23 @@ def _raise(message: str) -> Any:
     raise MetricError(message)
 
 
+def median(samples: list[float]) -> float:
+    """The middle sample (mean of the two middle ones for an even count)."""
+    ordered = sorted(samples)
+    mid = len(ordered) // 2
+    return float(ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2)
+
+
+def format_value(value: float) -> str:
+    """About 6 significant digits, without an exponent for everyday magnitudes."""
+    size = abs(value)
+    if size == 0 or not 1e-4 <= size < 1e15:
+        return f"{value:.6g}"
+    decimals = max(0, 5 - math.floor(math.log10(size)))
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 # -- the measurement -----------------------------------------------------------------------
 
 
@@ -127,7 +143,7 @@ class Measurement:
         """The median of the samples; None when the test did not produce a valid value."""
         if self.outcome != "passed" or not self.samples:
             return None
-        return float(statistics.median(self.samples))
+        return median(self.samples)
 
     def as_dict(self) -> dict[str, Any]:
         """The metrics-JSON form (keys per docs/architecture.md)."""

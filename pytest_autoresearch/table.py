@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_autoresearch.baseline import Comparison
-from pytest_autoresearch.metric import Measurement
+from pytest_autoresearch.metric import Measurement, format_value
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Row:
 
 def fmt(value: float | None) -> str:
     """A number in at most 6 significant digits (what people read in a table)."""
-    return "-" if value is None else f"{value:.6g}"
+    return "-" if value is None else format_value(value)
 
 
 def fmt_pct(value: float) -> str:

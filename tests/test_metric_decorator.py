@@ -11,6 +11,14 @@ from pytest_autoresearch import Measurement, metric
 from pytest_autoresearch.metric import MetricError, check_value, spec_of
 
 
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester without Hypothesis' plugin: it re-imports all of hypothesis in every
+    in-process run (about 2 s each on a 2-core machine), and our plugin does not need it."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
+    return pytester
+
+
 def run_json(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict]:
     """Run pytest in-process with --metrics-json and return the result and the document."""
     path = pytester.path / "metrics.json"

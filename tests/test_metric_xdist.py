@@ -9,6 +9,15 @@ import pytest
 
 pytest.importorskip("xdist", reason="pytest-xdist is part of the dev extra")
 
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester without Hypothesis' plugin: it re-imports all of hypothesis in every
+    in-process run (about 2 s each on a 2-core machine), and our plugin does not need it."""
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest")
+    return pytester
+
+
 SUITE = """
 import json, os, pathlib
 import pytest
