@@ -277,10 +277,13 @@ def _entries(recorder: Recorder, report: pytest.TestReport) -> list[dict[str, An
 
 
 def _crash_line(report: pytest.TestReport) -> str:
+    """The first line of what the test raised ("RuntimeError: out of memory")."""
     crash = getattr(report.longrepr, "reprcrash", None)
-    text = getattr(crash, "message", None) or str(report.longrepr or "").strip()
-    lines = text.strip().splitlines()
-    return lines[-1][:500] if lines else f"test {report.outcome} in {report.when}"
+    text = getattr(crash, "message", None) or str(report.longrepr or "")
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return f"test {report.outcome} in {report.when}"
+    return lines[0].removeprefix(f"{MetricError.__module__}.MetricError: ")[:500]
 
 
 @pytest.fixture
@@ -384,6 +387,13 @@ class MetricsSession:
         elif report.when == "teardown" and report.failed and report.nodeid in self.tests:
             self.tests[report.nodeid].update(outcome="error", message=_message(report))
 
+    def ordered(self) -> list[Measurement]:
+        """Run order; by test id under xdist, where arrival order is up to the workers."""
+        values = list(self.measurements.values())
+        if self.config.pluginmanager.has_plugin("dsession"):
+            values.sort(key=lambda m: m.nodeid)  # stable: a test's metrics keep their order
+        return values
+
     def _add(self, m: Measurement) -> None:
         previous = self.measurements.get(m.name)
         if previous is not None and previous.nodeid != m.nodeid:
@@ -399,7 +409,7 @@ class MetricsSession:
         from pytest_autoresearch import baseline, metrics_json
 
         settings = self.settings
-        measured = list(self.measurements.values())
+        measured = self.ordered()
         if self.compare_data is not None:
             found = baseline.compare(measured, self.compare_data)
             self.comparisons = {c.name: c for c in found}
@@ -453,7 +463,7 @@ class MetricsSession:
         if self.measurements or self.problems:
             table.write(
                 tr,
-                list(self.measurements.values()),
+                self.ordered(),
                 self.comparisons,
                 baseline=self.settings.compare,
                 problems=self.problems,

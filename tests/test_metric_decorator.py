@@ -278,6 +278,7 @@ def test_every_bad_return_value_fails_its_test_with_a_clear_message(
     # val_bpb itself was fine, but its test failed, so no value is kept from that run.
     assert metrics["val_bpb"]["value"] is None
     assert metrics["val_bpb"]["samples"] == [1.0]
+    assert metrics["val_bpb"]["error"] == "metric 'mfu' is declared but missing from the dict"
     assert "PytestReturnNotNoneWarning" not in result.stdout.str()
 
 
