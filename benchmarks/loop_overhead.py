@@ -45,7 +45,7 @@ def make_project(root: Path, noise: bool) -> None:
     files = {
         "program.md": "---\neditable: ['knobs.py']\nobjective: loss\n---\nTune A and B.\n",
         "pytest.ini": "[pytest]\ntestpaths = tests\npythonpath = .\n",
-        "knobs.py": "A = 1.0  # search: -10..10\nB = 2.0  # search: 0.01..1\n",
+        "knobs.py": "A = 1.0  # search: -10..10\nB = 0.2  # search: 0.01..1\n",
         "tests/test_loss.py": NOISE_METRIC if noise else CONSTANT_METRIC,
         ".gitignore": ".autoresearch/\n__pycache__/\n",
     }
@@ -71,17 +71,33 @@ def main() -> None:
         make_project(root, args.noise)
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "--autoresearch", "-n", str(args.n),
-             "--autoresearch-tag", "bench", "--autoresearch-proposer", "optuna",
-             "--autoresearch-seed", str(args.seed), "-q"],
-            cwd=root, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "--autoresearch",
+                "-n",
+                str(args.n),
+                "--autoresearch-tag",
+                "bench",
+                "--autoresearch-proposer",
+                "optuna",
+                "--autoresearch-seed",
+                str(args.seed),
+                "-q",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
         )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             print(proc.stdout[-3000:], proc.stderr[-3000:])
             raise SystemExit(f"the loop failed with exit code {proc.returncode}")
-        recs = [json.loads(line) for line in
-                (root / ".autoresearch/bench/experiments.jsonl").read_text().splitlines()]
+        recs = [
+            json.loads(line)
+            for line in (root / ".autoresearch/bench/experiments.jsonl").read_text().splitlines()
+        ]
         exps = [r for r in recs if r.get("event") == "experiment"]
     totals = [r["durations"]["total"] for r in exps]
     evals = [r["durations"]["evaluate"] for r in exps]
@@ -89,10 +105,14 @@ def main() -> None:
     rest = [t - e - p for t, e, p in zip(totals, evals, props)]
     kept = sum(r["status"] == "keep" for r in exps)
     print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}")
-    print(f"experiments: {len(exps)}  whole run: {wall:.1f}s  kept: {kept} ({kept / len(exps):.1%})")
-    print(f"per experiment, median: total {statistics.median(totals):.3f}s = "
-          f"propose {statistics.median(props):.3f}s + evaluate (pytest subprocess) "
-          f"{statistics.median(evals):.3f}s + loop (git, scope, journal) {statistics.median(rest):.3f}s")
+    print(
+        f"experiments: {len(exps)}  whole run: {wall:.1f}s  kept: {kept} ({kept / len(exps):.1%})"
+    )
+    print(
+        f"per experiment, median: total {statistics.median(totals):.3f}s = "
+        f"propose {statistics.median(props):.3f}s + evaluate (pytest subprocess) "
+        f"{statistics.median(evals):.3f}s + loop (git, scope, journal) {statistics.median(rest):.3f}s"
+    )
     evaluations = sum(len(r.get("evaluations", [])) for r in exps)
     print(f"evaluations per experiment: {evaluations / len(exps):.2f}")
 

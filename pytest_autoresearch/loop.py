@@ -77,6 +77,7 @@ class LoopResult:
     holdout_goal: str | None = None
     cost: Cost = field(default_factory=Cost)
     interrupted: bool = False
+    failed: bool = False  # stopped by an error (the session exits non-zero)
 
 
 def _now() -> str:
@@ -140,7 +141,7 @@ class ResearchLoop:
     # -- the whole run ------------------------------------------------------------------
 
     def run(self) -> LoopResult:
-        ran, interrupted = 0, False
+        ran, interrupted, failed = 0, False, False
         stop_reason = f"reached {self.s.experiments} experiments"
         state = self.journal.load()
         self.journal.write(
@@ -166,6 +167,7 @@ class ResearchLoop:
                 except ProposerFatal as exc:
                     self.repo.restore()
                     stop_reason = f"the proposer cannot go on: {exc}"
+                    failed = True
                     break
                 ran += 1
         except KeyboardInterrupt:
@@ -195,6 +197,7 @@ class ResearchLoop:
                 holdout_goal=self.goals.get(holdout) if holdout else None,
                 cost=self.cost,
                 interrupted=interrupted,
+                failed=failed,
             )
         return self.result
 

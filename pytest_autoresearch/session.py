@@ -191,7 +191,9 @@ def run_research_session(session: pytest.Session) -> None:
             ),
         )
         try:
-            loop.run()
+            if loop.run().failed:
+                echo(f"autoresearch stopped: {loop.result.stop_reason}", red=True)
+                session.testsfailed += 1
         except LoopError as exc:
             echo(f"autoresearch stopped: {exc}", red=True)
             session.testsfailed += 1
