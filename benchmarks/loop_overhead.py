@@ -102,7 +102,7 @@ def main() -> None:
     totals = [r["durations"]["total"] for r in exps]
     evals = [r["durations"]["evaluate"] for r in exps]
     props = [r["durations"]["propose"] for r in exps]
-    rest = [t - e - p for t, e, p in zip(totals, evals, props)]
+    rest = [t - e - p for t, e, p in zip(totals, evals, props, strict=True)]
     kept = sum(r["status"] == "keep" for r in exps)
     print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}")
     print(
@@ -111,7 +111,8 @@ def main() -> None:
     print(
         f"per experiment, median: total {statistics.median(totals):.3f}s = "
         f"propose {statistics.median(props):.3f}s + evaluate (pytest subprocess) "
-        f"{statistics.median(evals):.3f}s + loop (git, scope, journal) {statistics.median(rest):.3f}s"
+        f"{statistics.median(evals):.3f}s"
+        f" + loop (git, scope, journal) {statistics.median(rest):.3f}s"
     )
     evaluations = sum(len(r.get("evaluations", [])) for r in exps)
     print(f"evaluations per experiment: {evaluations / len(exps):.2f}")
