@@ -234,24 +234,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     info = item.stash.get(_INFO_KEY, None)
     if info is not None:
-        item.stash[_RECORDER_KEY] = Recorder(info.spec, info.param_id)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> None:
-    activate(item.stash.get(_RECORDER_KEY, None))
+        # Active from setup on (decorated bodies only record into their own test's recorder),
+        # which spares every test a pytest_runtest_call hook.
+        recorder = item.stash[_RECORDER_KEY] = Recorder(info.spec, info.param_id)
+        activate(recorder)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if call.when == "call":
-        activate(None)
     recorder = item.stash.get(_RECORDER_KEY, None)
-    if recorder is None or not (call.when == "call" or report.outcome != "passed"):
+    if recorder is None or call.when == "teardown":
+        return report  # after a teardown error the values stand; the test's entry says so
+    if call.when == "setup" and report.outcome == "passed":
         return report
-    if call.when == "teardown":
-        return report  # the values stand; the test's entry records the teardown error
+    activate(None)
     entries = _entries(recorder, report)
     report.autoresearch = {"metrics": entries}
     for entry in entries:
@@ -406,6 +403,10 @@ class MetricsSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.problems and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.compare_data is None and not self.track_tests:
+            return  # nothing to compare or write: an ordinary run pays nothing here
         from pytest_autoresearch import baseline, metrics_json
 
         settings = self.settings
@@ -415,7 +416,7 @@ class MetricsSession:
             self.comparisons = {c.name: c for c in found}
             if settings.fail_pct is not None:
                 self.regressions = baseline.regressions(found, settings.fail_pct)
-        if (self.problems or self.regressions) and session.exitstatus == pytest.ExitCode.OK:
+        if self.regressions and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if not self.track_tests:
             return
@@ -457,10 +458,10 @@ class MetricsSession:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        from pytest_autoresearch import table
-
         tr = terminalreporter
         if self.measurements or self.problems:
+            from pytest_autoresearch import table
+
             table.write(
                 tr,
                 self.ordered(),
