@@ -7,7 +7,7 @@ Each simulated session mimics the research loop: the baseline is run 3 times, ev
 experiment is evaluated once, a "confirm" decision buys one more run, a candidate's runs
 are pooled into the noise estimate once there are two, and a keep carries the candidate's
 mean forward as the new best. Noise has unit variance, so every number is in noise sigmas.
-Results are recorded in docs/benchmarks-keep-rule.md.
+Results are recorded in docs/benchmarks.md ("The keep rule").
 """
 
 from __future__ import annotations
