@@ -217,45 +217,52 @@ _RECORDER_KEY = pytest.StashKey[Recorder]()
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark metric tests before -m deselects anything."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark metric tests (before -m deselects anything) and remember what they declare."""
+    found = False
     for item in items:
         spec = spec_of(getattr(item, "obj", None))
-        uses_fixture = "record_metric" in getattr(item, "fixturenames", ())
-        if spec is None and not uses_fixture:
-            if item.get_closest_marker("metric") is None:
-                continue
-        else:
-            item.add_marker("metric")
+        if spec is None and "record_metric" not in getattr(item, "fixturenames", ()):
+            continue
+        item.add_marker("metric")
         callspec = getattr(item, "callspec", None)
         item.stash[_INFO_KEY] = _ItemInfo(spec, callspec.id if callspec else None)
+        found = True
+    if found and not config.pluginmanager.is_registered(MetricItemHooks):
+        # Per-test hooks only when there is something to measure: a suite without metric
+        # tests pays nothing per test.
+        config.pluginmanager.register(MetricItemHooks, "autoresearch.items")
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    info = item.stash.get(_INFO_KEY, None)
-    if info is not None:
-        # Active from setup on (decorated bodies only record into their own test's recorder),
-        # which spares every test a pytest_runtest_call hook.
-        recorder = item.stash[_RECORDER_KEY] = Recorder(info.spec, info.param_id)
-        activate(recorder)
+class MetricItemHooks:
+    """Per-test hooks: give each metric test a Recorder and put its values on the report."""
 
+    @staticmethod
+    def pytest_runtest_setup(item: pytest.Item) -> None:
+        info = item.stash.get(_INFO_KEY, None)
+        if info is not None:
+            # Active from setup on: decorated bodies record only into their own test's
+            # recorder, and this spares a pytest_runtest_call hook.
+            recorder = item.stash[_RECORDER_KEY] = Recorder(info.spec, info.param_id)
+            activate(recorder)
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    recorder = item.stash.get(_RECORDER_KEY, None)
-    if recorder is None or call.when == "teardown":
-        return report  # after a teardown error the values stand; the test's entry says so
-    if call.when == "setup" and report.outcome == "passed":
+    @staticmethod
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+        report = yield
+        recorder = item.stash.get(_RECORDER_KEY, None)
+        if recorder is None or call.when == "teardown":
+            return report  # after a teardown error the values stand; the test's entry says so
+        if call.when == "setup" and report.outcome == "passed":
+            return report
+        activate(None)
+        entries = _entries(recorder, report)
+        report.autoresearch = {"metrics": entries}
+        for entry in entries:
+            if entry["value"] is not None:
+                # On the item, so the teardown report (which junitxml reads) carries them.
+                item.user_properties.append((f"metric:{entry['name']}", entry["value"]))
         return report
-    activate(None)
-    entries = _entries(recorder, report)
-    report.autoresearch = {"metrics": entries}
-    for entry in entries:
-        if entry["value"] is not None:
-            # Properties go on the item so the teardown report junitxml reads carries them.
-            item.user_properties.append((f"metric:{entry['name']}", entry["value"]))
-    return report
 
 
 def _entries(recorder: Recorder, report: pytest.TestReport) -> list[dict[str, Any]]:
