@@ -187,3 +187,40 @@ def test_resumes_after_kill_9_without_losing_or_duplicating(pytester: pytest.Pyt
     assert len(read_tsv(root / RECORD / "results.tsv")) == 1 + 3
     assert git(root, "rev-parse", "--abbrev-ref", "HEAD") == "main"
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def test_ctrl_c_restores_the_tree_and_completes_the_record(pytester: pytest.Pytester) -> None:
+    root = make_toy(
+        pytester.path,
+        [step("move X to 5", 5.0), step("slow", 4.0, extra=SLOW_WHILE_FLAG)],
+        timeout=60,
+    )
+    (root / "slow.flag").write_text("")
+    cmd = [sys.executable, "-m", "pytest", "--autoresearch", "-n", "3", "--autoresearch-tag", "t1",
+           "--autoresearch-proposer", "scripted"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    jsonl = root / RECORD / "experiments.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until experiment 2 (the slow one) is running
+        if jsonl.exists() and any(
+            e["event"] == "start" and e["index"] == 2 for e in read_jsonl(jsonl)
+        ):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("experiment 2 never started")
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert "autoresearch summary" in out and "interrupted (Ctrl-C)" in out
+    events = read_jsonl(jsonl)
+    assert [e["index"] for e in events if e["event"] == "experiment"] == [1]
+    assert events[-1]["event"] == "end" and "interrupted" in events[-1]["reason"]
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
+    assert (root / RECORD / "report.md").exists()
+    assert "X = 5.0" in git(root, "show", "autoresearch/t1:toy/model.py")
