@@ -34,6 +34,32 @@ def run_loop(pytester: pytest.Pytester, n: int, *extra: str, proposer: str = "sc
     )
 
 
+LOOP_ARGS = [
+    "--autoresearch",
+    "-n",
+    "3",
+    "--autoresearch-tag",
+    "t1",
+    "--autoresearch-proposer",
+    "scripted",
+]
+
+
+def wait_for_experiment(root: Path, proc: subprocess.Popen, index: int) -> Path:
+    """Wait until experiment ``index`` of the run in ``proc`` is under way; the journal's path."""
+    jsonl = root / RECORD / "experiments.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if jsonl.exists() and any(
+            e["event"] == "start" and e["index"] == index for e in read_jsonl(jsonl)
+        ):
+            time.sleep(1.5)  # well inside the experiment's evaluation
+            return jsonl
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"experiment {index} never started")
+
+
 def experiments(root: Path) -> list[dict]:
     return [
         e for e in read_jsonl(root / RECORD / "experiments.jsonl") if e["event"] == "experiment"
@@ -147,33 +173,11 @@ def test_resumes_after_kill_9_without_losing_or_duplicating(pytester: pytest.Pyt
         timeout=60,
     )
     (root / "slow.flag").write_text("")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "--autoresearch",
-        "-n",
-        "3",
-        "--autoresearch-tag",
-        "t1",
-        "--autoresearch-proposer",
-        "scripted",
-    ]
+    cmd = [sys.executable, "-m", "pytest", *LOOP_ARGS]
     proc = subprocess.Popen(
         cmd, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    jsonl = root / RECORD / "experiments.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until experiment 2 (the slow one) is running
-        if jsonl.exists() and any(
-            e["event"] == "start" and e["index"] == 2 for e in read_jsonl(jsonl)
-        ):
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("experiment 2 never started")
-    time.sleep(1.5)
+    jsonl = wait_for_experiment(root, proc, 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert [r["index"] for r in experiments(root)] == [1]
@@ -196,23 +200,11 @@ def test_ctrl_c_restores_the_tree_and_completes_the_record(pytester: pytest.Pyte
         timeout=60,
     )
     (root / "slow.flag").write_text("")
-    cmd = [sys.executable, "-m", "pytest", "--autoresearch", "-n", "3", "--autoresearch-tag", "t1",
-           "--autoresearch-proposer", "scripted"]  # fmt: skip
+    cmd = [sys.executable, "-m", "pytest", *LOOP_ARGS]
     proc = subprocess.Popen(
         cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    jsonl = root / RECORD / "experiments.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until experiment 2 (the slow one) is running
-        if jsonl.exists() and any(
-            e["event"] == "start" and e["index"] == 2 for e in read_jsonl(jsonl)
-        ):
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("experiment 2 never started")
-    time.sleep(1.5)
+    jsonl = wait_for_experiment(root, proc, 2)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
