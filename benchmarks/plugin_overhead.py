@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/plugin_overhead.py              # 2,000 tests, 10 alternating pairs
-    python benchmarks/plugin_overhead.py --rounds 20 --isolated
+    python benchmarks/plugin_overhead.py --rounds 20 --isolated --calls
 
 Generates a suite of plain tests (no metrics) in a temporary folder and times
 ``python -m pytest -q`` on it with the plugin loaded and with ``-p no:autoresearch``,
@@ -11,6 +11,8 @@ alternating the two so that drift in machine load hits both alike. Prints the me
 time of each and the median of the per-pair ratios (target: <= 1.02).
 ``--isolated`` disables every other installed plugin (PYTEST_DISABLE_PLUGIN_AUTOLOAD)
 and loads ours with ``-p autoresearch``, so the ratio is not diluted by their cost.
+``--calls`` also counts Python function calls under cProfile (one run per arm), a
+load-independent measure of the extra work, for machines too busy to time reliably.
 """
 
 from __future__ import annotations
@@ -62,27 +64,37 @@ def make_suite(root: Path, tests: int, per_file: int = 100) -> None:
         index += 1
 
 
+def pytest_command(
+    root: Path, plugin: bool, isolated: bool, pycache: Path
+) -> tuple[list[str], dict[str, str]]:
+    """The pytest arguments (after ``python``) and environment for one arm of the comparison."""
+    env = dict(os.environ)
+    # Cache bytecode as a normal install does (in a temp folder, so nothing is left behind):
+    # with PYTHONDONTWRITEBYTECODE every run would recompile everything it imports.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(root)]
+    if isolated:
+        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+        if plugin:
+            args += ["-p", "autoresearch"]
+    elif not plugin:
+        args += ["-p", "no:autoresearch"]
+    return args, env
+
+
 def run_once(root: Path, plugin: bool, isolated: bool, pycache: Path) -> tuple[float, float]:
     """Wall and CPU (user+sys) seconds of one pytest run over the suite.
 
     CPU time is what the plugin adds; it is also far less disturbed than wall time when
     other work shares the machine. Fails loudly if the suite does not pass.
     """
-    env = dict(os.environ)
-    # Cache bytecode as a normal install does (in a temp folder, so nothing is left behind):
-    # with PYTHONDONTWRITEBYTECODE every run would recompile everything it imports.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = str(pycache)
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(root)]
-    if isolated:
-        env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
-        if plugin:
-            args[3:3] = ["-p", "autoresearch"]
-    elif not plugin:
-        args[3:3] = ["-p", "no:autoresearch"]
+    args, env = pytest_command(root, plugin, isolated, pycache)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, *args], cwd=root, env=env, capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -91,11 +103,30 @@ def run_once(root: Path, plugin: bool, isolated: bool, pycache: Path) -> tuple[f
     return elapsed, cpu
 
 
+def count_calls(root: Path, plugin: bool, isolated: bool, pycache: Path) -> int:
+    """Python function calls in one run, counted by cProfile: a measure of the work done
+    that, unlike time, does not move with the load of other processes on the machine."""
+    import pstats
+
+    args, env = pytest_command(root, plugin, isolated, pycache)
+    out = pycache.parent / f"calls-{plugin}.prof"
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(out), *args]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"pytest failed ({done.returncode}):\n{done.stdout[-2000:]}")
+    return sum(row[1] for row in pstats.Stats(str(out)).stats.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", type=int, default=2000, help="suite size (default 2000)")
     parser.add_argument("--rounds", type=int, default=10, help="alternating pairs (default 10)")
     parser.add_argument("--isolated", action="store_true", help="no other plugins loaded")
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="also count function calls with cProfile (one run each)",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="ar-overhead-") as tmp:
@@ -106,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         (root / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")  # own rootdir
         run_once(root, True, args.isolated, pycache)  # warm the file cache and .pyc files
         run_once(root, False, args.isolated, pycache)
+        calls = None
+        if args.calls:
+            calls = {
+                flag: count_calls(root, flag, args.isolated, pycache) for flag in (True, False)
+            }
         wall: dict[bool, list[float]] = {True: [], False: []}
         cpu: dict[bool, list[float]] = {True: [], False: []}
         wall_ratios, cpu_ratios = [], []
@@ -141,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         f"cpu time         {med(cpu[True]):9.3f}s  {med(cpu[False]):17.3f}s  "
         f"{med(cpu_ratios):12.4f}"
     )
+    if calls:
+        print(
+            f"function calls   {calls[True]:10d}  {calls[False]:18d}  "
+            f"{calls[True] / calls[False]:12.4f}"
+        )
     print("target: median ratio <= 1.02")
     return 0
 
