@@ -21,7 +21,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 GOALS = ("min", "max")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,7 +101,7 @@ def _short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _raise(message: str) -> Any:
+def _raise(message: str) -> NoReturn:
     raise MetricError(message)
 
 
@@ -226,63 +226,57 @@ class Recorder:
             found.unit = found.unit or unit
         return number
 
-    def fail(self, name: str, message: str) -> None:
-        """Mark ``name`` as failed with ``message`` and stop the test."""
-        if name in self.measurements:
+    def fail(self, problems: dict[str, str]) -> NoReturn:
+        """Mark each named metric failed with its message, and stop the test."""
+        for name, message in problems.items():
             self.measurements[name].outcome = "failed"
             self.measurements[name].error = message
-        raise MetricError(message)
+        raise MetricError("; ".join(dict.fromkeys(problems.values())))
 
     def take_return(self, returned: object) -> None:
         """Validate what the decorated body returned and record it."""
         spec = self.spec
         assert spec is not None
+        names = {base: qualify(base, self.param_id) for base in spec.goals}
         if not spec.multi:
-            (base,) = spec.goals
-            name = qualify(base, self.param_id)
+            ((base, name),) = names.items()
             try:
                 self.record(name, returned, spec.goals[base], spec.units.get(base))
             except MetricError as exc:
-                self.fail(name, str(exc))
+                self.fail({name: str(exc)})
             return
         declared = ", ".join(spec.goals)
         if not isinstance(returned, Mapping):
-            message = (
-                f"metrics {declared} returned {_short(returned)} (a {type(returned).__name__}): "
-                f"a test with goal={{...}} must return a dict with the keys {declared}"
+            self.fail(
+                dict.fromkeys(
+                    names.values(),
+                    f"metrics {declared} returned {_short(returned)} (a {type(returned).__name__})"
+                    f": a test with goal={{...}} must return a dict with the keys {declared}",
+                )
             )
-            for base in spec.goals:
-                self.measurements[qualify(base, self.param_id)].error = message
-                self.measurements[qualify(base, self.param_id)].outcome = "failed"
-            raise MetricError(message)
         extra = [k for k in returned if k not in spec.goals]
         if extra:
-            message = (
-                f"returned key(s) {', '.join(map(repr, extra))} with no goal: add them to "
-                f"@metric(goal={{...}}) or drop them (declared: {declared})"
+            self.fail(
+                dict.fromkeys(
+                    names.values(),
+                    f"returned key(s) {', '.join(map(repr, extra))} with no goal: add them to "
+                    f"@metric(goal={{...}}) or drop them (declared: {declared})",
+                )
             )
-            for base in spec.goals:
-                self.measurements[qualify(base, self.param_id)].outcome = "failed"
-                self.measurements[qualify(base, self.param_id)].error = message
-            raise MetricError(message)
-        problems = []
-        for base, goal in spec.goals.items():
-            name = qualify(base, self.param_id)
+        problems = {}
+        for base, name in names.items():
             if base not in returned:
-                problems.append((name, f"metric {name!r} is declared but missing from the dict"))
+                problems[name] = f"metric {name!r} is declared but missing from the dict"
                 continue
             try:
-                self.record(name, returned[base], goal, spec.units.get(base))
+                self.record(name, returned[base], spec.goals[base], spec.units.get(base))
             except MetricError as exc:
-                problems.append((name, str(exc)))
-        for name, message in problems:
-            self.measurements[name].outcome = "failed"
-            self.measurements[name].error = message
+                problems[name] = str(exc)
         if problems:
-            raise MetricError("; ".join(message for _name, message in problems))
+            self.fail(problems)
 
 
-# The recorder of the metric test now running (set by the plugin around the call).
+# The recorder of the metric test now running (set by the plugin from its setup on).
 _active: Recorder | None = None
 
 
@@ -290,11 +284,6 @@ def activate(recorder: Recorder | None) -> None:
     """Make ``recorder`` receive what decorated tests return (None to stop)."""
     global _active
     _active = recorder
-
-
-def active() -> Recorder | None:
-    """The recorder of the metric test now running, if any."""
-    return _active
 
 
 def metric(

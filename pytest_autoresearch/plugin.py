@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,18 +321,6 @@ def record_metric(request: pytest.FixtureRequest) -> Callable[..., float]:
             raise MetricError(str(exc)) from None  # afresh: the traceback ends at the test
 
     return record
-
-
-def declared_goals(items: Iterable[pytest.Item]) -> dict[str, str]:
-    """{metric name: goal} declared by ``@metric`` on collected items (fixture metrics are
-    only known once they run)."""
-    goals: dict[str, str] = {}
-    for item in items:
-        info = item.stash.get(_INFO_KEY, None)
-        if info is not None and info.spec is not None:
-            for base, goal in info.spec.goals.items():
-                goals[qualify(base, info.param_id)] = goal
-    return goals
 
 
 # -- the controller's session --------------------------------------------------------------

@@ -302,11 +302,11 @@ def test_bad_options_are_usage_errors(
 
 
 def test_ini_keys_mirror_the_options(pytester: pytest.Pytester) -> None:
-    pytester.makeini(
+    pytester.makepyprojecttoml(
         """
-        [pytest]
-        metrics_json = reports/m.json
-        metrics_save = nightly
+        [tool.pytest.ini_options]
+        metrics_json = "reports/m.json"
+        metrics_save = "nightly"
         metrics_fail = 5
         """
     )
