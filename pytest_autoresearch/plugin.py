@@ -398,8 +398,8 @@ class MetricsSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.problems and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.problems:
+            _fail(session)
         if self.compare_data is None and not self.track_tests:
             return  # nothing to compare or write: an ordinary run pays nothing here
         from pytest_autoresearch import baseline, metrics_json
@@ -411,8 +411,8 @@ class MetricsSession:
             self.comparisons = {c.name: c for c in found}
             if settings.fail_pct is not None:
                 self.regressions = baseline.regressions(found, settings.fail_pct)
-        if self.regressions and session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if self.regressions:
+            _fail(session)
         if not self.track_tests:
             return
         data = metrics_json.build(
@@ -449,8 +449,7 @@ class MetricsSession:
 
     def _problem(self, session: pytest.Session, message: str) -> None:
         self.problems.append(message)
-        if session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        _fail(session)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
@@ -482,6 +481,12 @@ class MetricsSession:
                 f"{self.settings.compare!r}",
                 green=True,
             )
+
+
+def _fail(session: pytest.Session) -> None:
+    """Make the session exit non-zero (keeping a more specific failure status)."""
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _relative(path: Path, root: Path) -> str:
