@@ -11,7 +11,6 @@ import argparse
 import datetime
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -285,7 +284,3 @@ def pytest_autoresearch_make_proposer(name: str, config: pytest.Config):
 
         return openai.build(config)
     return None
-
-
-def record_root(config: pytest.Config) -> Path:
-    return Path(config.rootpath) / ".autoresearch"
