@@ -93,8 +93,13 @@ class ResearchRepo:
 
     # -- public API ---------------------------------------------------------------------
 
-    def start(self) -> StartInfo:
-        """Check out the research branch (created from HEAD if new); refuse unsafe states."""
+    def start(self, *, in_flight: bool = True) -> StartInfo:
+        """Check out the research branch (created from HEAD if new); refuse unsafe states.
+
+        ``in_flight``: the journal says an experiment was cut short, so changes to editable
+        files on the research branch are its leftovers and are discarded. When False, such
+        changes are the user's own edits and stop the run instead of being thrown away.
+        """
         git = self._repo.git
         self._check_ref_name()
         try:
@@ -118,6 +123,14 @@ class ResearchRepo:
                     f"{self.branch} is checked out with changes outside the editable files: "
                     f"{_list(self._show(p) for p in outside)}. They are not from the research "
                     "loop; commit or discard them (git stash) and run again"
+                )
+            mine = [e.path for e in entries if e.tracked and self._editable(e.path)]
+            if mine and not in_flight:
+                raise VcsError(
+                    f"{self.branch} is checked out with uncommitted changes to "
+                    f"{_list(self._show(p) for p in mine)}, and no experiment was under way "
+                    "when the last run stopped, so they are yours: commit them on "
+                    f"{self.branch} (they become the starting point) or stash them, then run again"
                 )
             self.best = sha
             self._known_untracked = {
@@ -237,6 +250,23 @@ class ResearchRepo:
         git.update_ref("-m", "autoresearch: keep", "refs/heads/" + self.branch, sha, self.best)
         self.best = sha
         return sha
+
+    def advance_to(self, sha: str) -> None:
+        """Move the research branch from the best commit to ``sha`` (a snapshot on top of it).
+
+        The keep path of the write-ahead journal: the snapshot is taken and journaled first,
+        then the branch moves with a compare-and-swap on the ref, so a kill at any point
+        leaves either the old tip or ``sha``, and a resumed run can finish the move.
+        """
+        self._require_started()
+        git = self._repo.git
+        if self._rev(sha + "^") != self.best:
+            raise VcsError(f"{sha[:12]} is not a commit on top of {self.best[:12]}")
+        ref = "refs/heads/" + self.branch
+        git.update_ref("-m", "autoresearch: keep", ref, sha, self.best)
+        self.best = sha
+        git.reset("-q", "--hard", sha)
+        self._tree_cache = self._diff_cache = None
 
     def restore(self) -> list[str]:
         """Put the tree back to the best commit; returns the paths that were discarded."""
