@@ -8,6 +8,8 @@ JournalError                         the record cannot be used as it is (says wh
 JournalState                         what load() found: records, baseline, best, unfinished...
 Journal(directory, objective, metric_names=None)
     .write(event, **fields)          one JSON line {"event": ..., **fields}, flush + fsync
+    .decide(rec)                     the write-ahead line: a finished experiment's record,
+                                     journaled before its irreversible step (commit/restore)
     .record(rec)                     an "experiment" line, then its results.tsv row
     .load() -> JournalState          also repairs a torn last line and missing TSV rows
     .jsonl_path, .tsv_path
@@ -98,7 +100,10 @@ class JournalState:
     best_commit: str | None = None
     best_runs: int = 0  # runs behind ``best`` (for decide.keep_decision's best_runs)
     noise_groups: list[list[float]] = field(default_factory=list)  # for stats.pooled_noise
-    unfinished: int | None = None  # an experiment that started but has no record
+    unfinished: int | None = None  # an experiment that started, undecided, with no record
+    # Experiments decided (a "decided" line with the full record) whose irreversible step
+    # (moving the branch or restoring the tree) may not have happened: resume finishes them.
+    decided: list[dict[str, Any]] = field(default_factory=list)
     sessions: int = 0
     cost: dict[str, float] = field(default_factory=dict)
     skipped_lines: int = 0  # unreadable lines in the middle of experiments.jsonl
@@ -133,6 +138,10 @@ class Journal:
         line = json.dumps(scrub_obj({"event": event, **fields}), ensure_ascii=False, default=str)
         _append(self.jsonl_path, line + "\n")
 
+    def decide(self, rec: dict[str, Any]) -> None:
+        """Journal a finished experiment's record before its commit or restore (write-ahead)."""
+        self.write("decided", index=rec.get("index"), record=rec)
+
     def record(self, rec: dict[str, Any]) -> None:
         """Append a finished experiment: its full JSON line first, then its results.tsv row."""
         index = rec.get("index")
@@ -164,6 +173,7 @@ class Journal:
         state = JournalState(skipped_lines=skipped)
         started: set[int] = set()
         finished: set[int] = set()
+        decided: dict[int, dict[str, Any]] = {}
         totals: dict[str, float] = {}
         for ev in events:
             kind = ev.get("event")
@@ -177,6 +187,10 @@ class Journal:
                 state.noise_groups.append(samples)
             elif kind == "start" and isinstance(ev.get("index"), int):
                 started.add(ev["index"])
+                decided.pop(ev["index"], None)  # a re-run after an interruption
+            elif kind == "decided" and isinstance(ev.get("record"), dict):
+                if isinstance(ev.get("index"), int) and ev["index"] not in finished:
+                    decided[ev["index"]] = ev["record"]
             elif kind == "experiment" and ev.get("index") not in finished:
                 finished.add(ev["index"])
                 state.records.append(ev)
@@ -189,7 +203,8 @@ class Journal:
                 for k, v in (ev.get("cost") or {}).items():
                     if isinstance(v, (int, float)):
                         totals[k] = totals.get(k, 0) + v
-        pending = sorted(started - finished)
+        state.decided = [decided[i] for i in sorted(decided) if i not in finished]
+        pending = sorted(started - finished - set(decided))
         state.unfinished = pending[-1] if pending else None
         state.cost = totals
         return state

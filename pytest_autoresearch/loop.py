@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,22 @@ from pytest_autoresearch.proposers.base import (
 # per-experiment timeout is then derived from how long the baseline took.
 BASELINE_TIMEOUT = 3600.0
 
+# Fault injection for the crash-safety tests: AUTORESEARCH_FAULT=STEP or STEP:INDEX kills the
+# loop with SIGKILL at that step (of that experiment), as a power cut or kill -9 would.
+FAULT_ENV = "AUTORESEARCH_FAULT"
+FAULT_STEPS = (
+    "baseline",  # after the first baseline run, before the baseline is journaled
+    "after-start",  # the experiment's start line is written, nothing proposed yet
+    "after-proposal",  # the proposer has edited the tree, nothing checked yet
+    "evaluation",  # after the candidate's first evaluation
+    "confirmation",  # after a confirmation run
+    "before-commit",  # a keep is journaled (write-ahead), the branch has not moved
+    "after-commit",  # the branch moved, the experiment's record is not written
+    "before-restore",  # a discard is journaled (write-ahead), the tree is not restored
+    "after-restore",  # the tree is restored, the experiment's record is not written
+    "after-record",  # the record is written
+)
+
 
 class LoopError(Exception):
     """The loop cannot start or go on; the message says why and what to do."""
@@ -54,6 +72,7 @@ class LoopSettings:
     max_cost: float | None = None
     repair_attempts: int = 2
     proposer_name: str = ""
+    fault: str | None = None  # FAULT_ENV's value: where to kill the loop (tests only)
 
 
 @dataclass
@@ -133,6 +152,7 @@ class ResearchLoop:
         self.done = 0
         self.durations: list[float] = []
         self.result: LoopResult | None = None
+        self._fault_plan = parse_fault(settings.fault)
 
     @property
     def noise(self) -> stats.NoiseEstimate:
@@ -214,6 +234,8 @@ class ResearchLoop:
         self.timeout = float(base.get("timeout") or self.timeout)
         for rec in state.records:
             self._learn(rec)
+        for rec in state.decided:
+            self._settle_decided(rec)
         if state.unfinished is not None:
             self.journal.write("interrupted", index=state.unfinished, at=_now())
             self.echo(f"experiment {state.unfinished} was cut short last time; running it again")
@@ -221,6 +243,31 @@ class ResearchLoop:
             f"resuming {self.s.tag}: {self.done} experiments done, best {self.objective} "
             f"{self.best:.6g} (baseline {self.baseline:.6g})"
         )
+
+    def _settle_decided(self, rec: dict) -> None:
+        """Finish an experiment whose decision was journaled but whose record was not.
+
+        The write-ahead line holds the whole record, so nothing is measured again: a keep
+        whose branch move did not happen is moved now; a discard's tree was restored by
+        the repository's start. Then the record is written as if the run had not stopped.
+        """
+        index = rec["index"]
+        if rec["status"] == "keep":
+            head = self.repo.head()
+            if head == rec["parent"]:
+                self.repo.advance_to(rec["commit"])
+            elif head != rec["commit"]:
+                raise LoopError(
+                    f"experiment {index} was kept as {rec['commit'][:12]} on top of "
+                    f"{rec['parent'][:12]}, but {self.repo.branch} is at {head[:12]}: the branch "
+                    "was moved by hand. Reset it to one of those commits, or use a new tag"
+                )
+        self.repo.restore()
+        self.journal.record(rec)
+        self._learn(rec)
+        self.on_record(rec)
+        self.echo(f"experiment {index} was decided ({rec['status']}) before the last run stopped")
+        self.echo(self._line(rec))
 
     def _learn(self, rec: dict) -> None:
         """Take in one finished experiment (live or read back from the journal)."""
@@ -280,6 +327,7 @@ class ResearchLoop:
             self.echo(
                 f"  baseline {i + 1}/{runs}: {self.objective} {value:.6g}  ({ev.duration:.1f}s)"
             )
+            self._fault("baseline")
         # Files the unchanged tests write are outputs, not a future proposal's doing.
         self.repo.out_of_scope(self.program.is_editable, after="evaluation")
         self.noise_groups = [values]
@@ -358,16 +406,17 @@ class ResearchLoop:
             "started": _now(),
         }
         self.journal.write("start", index=index, parent=rec["parent"], at=rec["started"])
+        self._fault("after-start", index)
         ctx = self._context(index)
         try:
             proposal = self.proposer.propose(ctx)
         except ProposerError as exc:
-            self.repo.restore()
             rec["durations"] = {"propose": self.clock() - t0}
             self._finish(rec, ctx, None, "error", f"proposer error: {exc}", t0)
             return
         rec["durations"] = {"propose": self.clock() - t0}
         rec.update(description=proposal.description, params=proposal.params)
+        self._fault("after-proposal", index)
         cost = proposal.cost
         try:
             self._check_scope(rec, "proposal")
@@ -401,7 +450,9 @@ class ResearchLoop:
         rec["decision"] = verdict.reason
         if verdict.action == "keep":
             rec["best_after"] = verdict.new_best
-            rec["commit"] = self.repo.commit(
+            # The kept commit is a snapshot of exactly the measured tree; the branch moves
+            # onto it in _finish, after the write-ahead line (a kill in between rolls forward).
+            rec["commit"] = self.repo.snapshot(
                 f"{rec['description']}\n\n{self.objective}: {self.best:.6g} -> "
                 f"{verdict.new_best:.6g} (experiment {index}; {verdict.reason})"
             )
@@ -444,6 +495,7 @@ class ResearchLoop:
         rec["evaluations"].append(
             {"status": ev.status, "duration": round(ev.duration, 3), "confirm": confirm}
         )
+        self._fault("confirmation" if confirm else "evaluation", rec["index"])
         self._check_scope(rec, "evaluation")
         if ev.status != "ok":
             raise _Failed(ev.status, ev.reason, ev.log_tail)
@@ -497,12 +549,9 @@ class ResearchLoop:
             )
 
     def _discard(self, rec: dict, status: str) -> None:
-        """Keep the candidate inspectable as a dangling commit, then restore the best tree."""
-        try:
-            if self.repo.changed_files():
-                rec["commit"] = self.repo.snapshot(f"{status}: {rec['description']}")
-        finally:
-            self.repo.restore()
+        """Keep the candidate inspectable as a dangling commit (_finish restores the tree)."""
+        if self.repo.changed_files():
+            rec["commit"] = self.repo.snapshot(f"{status}: {rec['description']}")
 
     def _finish(
         self,
@@ -525,7 +574,21 @@ class ResearchLoop:
         }
         rec.update(status=status, reason=reason, finished=_now())
         rec.setdefault("decision", reason)
+        # Write-ahead: the whole record first, then the step that cannot be undone, then
+        # the record line. A kill anywhere in between is finished by _settle_decided.
+        index = rec["index"]
+        self.journal.decide(rec)
+        if status == "keep":
+            self._fault("before-commit", index)
+            self.repo.advance_to(rec["commit"])
+            self._fault("after-commit", index)
+        else:
+            self._fault("before-restore", index)
+        self.repo.restore()
+        if status != "keep":
+            self._fault("after-restore", index)
         self.journal.record(rec)
+        self._fault("after-record", index)
         self._learn(rec)
         if proposal is not None:
             value = rec["objective"] if valid else None
@@ -533,9 +596,27 @@ class ResearchLoop:
         self.on_record(rec)
         self.echo(self._line(rec))
 
+    def _fault(self, step: str, index: int | None = None) -> None:
+        plan = self._fault_plan
+        if plan is not None and plan[0] == step and plan[1] in (None, index):
+            os.kill(os.getpid(), signal.SIGKILL)
+
     def _line(self, rec: dict) -> str:
         from pytest_autoresearch import report
 
         remaining = self.s.experiments - self.done
         avg = sum(self.durations) / len(self.durations) if self.durations else 0.0
         return report.format_line(rec, objective=self.objective, eta_seconds=remaining * avg)
+
+
+def parse_fault(text: str | None) -> tuple[str, int | None] | None:
+    """``STEP`` or ``STEP:INDEX`` from FAULT_ENV; a typo is an error, not a silent no-op."""
+    if not text:
+        return None
+    step, _, index = text.partition(":")
+    if step not in FAULT_STEPS or (index and not index.isdigit()):
+        raise LoopError(
+            f"{FAULT_ENV}={text!r}: expected STEP or STEP:INDEX with STEP one of "
+            + ", ".join(FAULT_STEPS)
+        )
+    return step, int(index) if index else None

@@ -8,6 +8,7 @@ the run with a clear message and nothing changed.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,14 @@ def _make_proposer(config: pytest.Config, echo) -> tuple[Any, str]:
 
 
 class _Lock:
-    """One research run per tag at a time: a second one would fight over the branch."""
+    """One research run per checkout at a time: two would fight over HEAD and the tree.
+
+    The lock lives in the work tree's git directory, so two tags in one checkout exclude
+    each other, while separate worktrees of one repository do not.
+    """
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / "lock"
+        self.path = directory / "autoresearch.lock"
 
     def __enter__(self) -> _Lock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +104,9 @@ class _Lock:
             pid = self.path.read_text().strip()
             if pid.isdigit() and _alive(int(pid)):
                 raise pytest.UsageError(
-                    f"another research run (pid {pid}) is using {self.path.parent}; wait for it, "
-                    "or choose another --autoresearch-tag"
+                    f"another research run (pid {pid}) is using this checkout (lock: "
+                    f"{self.path}); wait for it to finish, or run in another git worktree "
+                    "(git worktree add ../other) with its own tag"
                 ) from None
             self.path.unlink(missing_ok=True)  # left by a killed run
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -122,12 +128,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _git_dir(root: Path) -> Path | None:
+    """The work tree's own git directory (per worktree), or None outside a repository."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--absolute-git-dir"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return Path(out.stdout.strip())
+
+
 def run_research_session(session: pytest.Session) -> None:
     """Run the research loop over the collected metric tests (called from runtestloop)."""
     from pytest_autoresearch import report
     from pytest_autoresearch.evaluate import evaluate
-    from pytest_autoresearch.journal import Journal
-    from pytest_autoresearch.loop import LoopError, LoopSettings, ResearchLoop
+    from pytest_autoresearch.journal import Journal, JournalError
+    from pytest_autoresearch.loop import (
+        FAULT_ENV,
+        LoopError,
+        LoopSettings,
+        ResearchLoop,
+        parse_fault,
+    )
     from pytest_autoresearch.vcs import ResearchRepo, VcsError
 
     config = session.config
@@ -153,11 +180,13 @@ def run_research_session(session: pytest.Session) -> None:
     experiments = config.getoption("autoresearch_experiments")
     proposer, proposer_name = _make_proposer(config, echo)
 
-    with _Lock(record_dir):
+    with _Lock(_git_dir(root) or record_dir):
+        journal = Journal(record_dir, program.objective)
         try:
+            state = journal.load()
             repo = ResearchRepo(root, tag, program.is_editable, record_dir=record_dir)
-            repo.start()
-        except VcsError as exc:
+            repo.start(in_flight=state.unfinished is not None or bool(state.decided))
+        except (VcsError, JournalError) as exc:
             proposer.close()
             raise pytest.UsageError(str(exc)) from None
         echo(
@@ -165,7 +194,6 @@ def run_research_session(session: pytest.Session) -> None:
             f"objective {program.objective}, {len(metric_ids)} metric test(s), "
             f"record in {record_dir}"
         )
-        journal = Journal(record_dir, program.objective)
         settings = LoopSettings(
             root=root,
             program=program,
@@ -176,7 +204,14 @@ def run_research_session(session: pytest.Session) -> None:
             max_cost=config.getoption("autoresearch_max_cost"),
             repair_attempts=config.getoption("autoresearch_repair_attempts"),
             proposer_name=proposer_name,
+            fault=os.environ.get(FAULT_ENV),
         )
+        try:
+            parse_fault(settings.fault)
+        except LoopError as exc:
+            repo.finish()
+            proposer.close()
+            raise pytest.UsageError(str(exc)) from None
         loop = ResearchLoop(
             settings,
             repo=repo,
@@ -194,7 +229,9 @@ def run_research_session(session: pytest.Session) -> None:
             if loop.run().failed:
                 echo(f"autoresearch stopped: {loop.result.stop_reason}", red=True)
                 session.testsfailed += 1
-        except LoopError as exc:
+        except (LoopError, VcsError, JournalError) as exc:
+            # A state the loop cannot go on from (git refused, a file it cannot restore):
+            # one clear line, the tree put back in finally, never an INTERNALERROR.
             echo(f"autoresearch stopped: {exc}", red=True)
             session.testsfailed += 1
         finally:
