@@ -6,8 +6,14 @@ API::
 
     check_name(name) -> str                     # raises BaselineError
     save(root, name, data) -> Path / load(root, name) -> dict / saved(root) -> list[str]
-    compare(current, baseline_data) -> list[Comparison]
+    compare(current, baseline_data) -> list[Comparison]   # with both sides' samples
     RegressionCheck(comparison, threshold).fails() -> str | None
+    RegressionCheck(comparison, threshold).gate() -> gate.GateResult   # threshold and noise
+    regressions(comparisons, threshold) -> list[str]
+    gates(comparisons, threshold) -> dict[str, gate.GateResult]
+
+The gate is noise-aware (see gate.py): with repeated samples on both sides, a metric fails
+only when it is worse by more than the threshold *and* beyond its noise.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_autoresearch import gate as gate_mod
 from pytest_autoresearch import metrics_json
 from pytest_autoresearch.metric import Measurement, format_value
 
@@ -95,6 +102,8 @@ class Comparison:
     unit: str | None
     baseline: float
     current: float
+    baseline_samples: tuple[float, ...] = ()  # empty: only the value is known
+    current_samples: tuple[float, ...] = ()
 
     @property
     def change_pct(self) -> float:
@@ -116,36 +125,53 @@ class Comparison:
 
 def compare(current: Iterable[Measurement], baseline_data: dict[str, Any]) -> list[Comparison]:
     """Pair each metric that has a value now with its value in the baseline, in run order."""
-    before = {
-        m.name: m.value for m in metrics_json.measurements(baseline_data) if m.value is not None
-    }
+    before = {m.name: m for m in metrics_json.measurements(baseline_data) if m.value is not None}
     out = []
     for m in current:
         value = m.value
         if value is None or m.name not in before:
             continue
-        out.append(Comparison(m.name, m.goal, m.unit, before[m.name], value))
+        old = before[m.name]
+        out.append(
+            Comparison(
+                m.name, m.goal, m.unit, old.value, value, tuple(old.samples), tuple(m.samples)
+            )
+        )
     return out
 
 
 @dataclass(frozen=True)
 class RegressionCheck:
-    """Fails when a metric got worse than ``threshold`` percent in its own direction."""
+    """Fails when a metric got worse than ``threshold`` percent in its own direction and,
+    with repeated samples on both sides, beyond its noise (gate.py)."""
 
     comparison: Comparison
     threshold: float
+
+    def gate(self) -> gate_mod.GateResult:
+        """The verdict with its reason: over the threshold, and beyond the noise or not."""
+        c = self.comparison
+        baseline_samples = c.baseline_samples or (c.baseline,)
+        current_samples = c.current_samples or (c.current,)
+        return gate_mod.check(
+            c.name, c.goal, baseline_samples, current_samples, self.threshold, c.worse_pct
+        )
 
     def fails(self) -> str | None:
         """A message naming the metric and how much worse it got, or None when it is fine."""
         c = self.comparison
         if not c.worse_pct > self.threshold:
             return None
+        verdict = self.gate()
+        if not verdict.failed:
+            return None
         unit = f" {c.unit}" if c.unit else ""
         direction = "lower" if c.goal == "min" else "higher"
+        detail = verdict.detail()
         return (
             f"{c.name}: {format_value(c.baseline)}{unit} -> {format_value(c.current)}{unit} is "
             f"{_pct(abs(c.worse_pct))} worse ({direction} is better; "
-            f"allowed {_pct(self.threshold)})"
+            f"allowed {_pct(self.threshold)})" + (f"; {detail}" if detail else "")
         )
 
 
@@ -153,6 +179,11 @@ def regressions(comparisons: Iterable[Comparison], threshold: float) -> list[str
     """Every failing check's message."""
     checks = (RegressionCheck(c, threshold) for c in comparisons)
     return [msg for check in checks if (msg := check.fails())]
+
+
+def gates(comparisons: Iterable[Comparison], threshold: float) -> dict[str, gate_mod.GateResult]:
+    """Each compared metric's gate verdict by name (the table's ``gate`` column)."""
+    return {c.name: RegressionCheck(c, threshold).gate() for c in comparisons}
 
 
 def _pct(value: float) -> str:

@@ -462,6 +462,7 @@ class MetricsSession:
                 self.comparisons,
                 baseline=self.settings.compare,
                 problems=self.problems,
+                fail_pct=self.settings.fail_pct,
             )
         for note in self.notes:
             tr.write_line(note)

@@ -2,8 +2,12 @@
 
 API::
 
-    rows(measurements, comparisons) -> list[Row]      # plain cells, for tests and other reporters
-    write(tr, measurements, comparisons, baseline=None, problems=()) -> None
+    rows(measurements, comparisons, fail_pct=None) -> list[Row]   # plain cells, for tests
+    write(tr, measurements, comparisons, baseline=None, problems=(), fail_pct=None) -> None
+
+With ``--metrics-fail P`` (``fail_pct``) a ``gate`` column says, per metric, which of the
+two conditions of the noise-aware gate held: ``ok (<=5%)``, ``noise (p=0.400)`` (worse by
+more than P but within its noise), ``FAIL (>5%, p=0.029)`` or ``FAIL (>5%, 1 run)``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_autoresearch.baseline import Comparison
+from pytest_autoresearch.baseline import Comparison, gates
 from pytest_autoresearch.metric import Measurement, format_value
 
 
@@ -45,9 +49,17 @@ def spread(samples: Sequence[float]) -> str:
 
 
 def rows(
-    measurements: Iterable[Measurement], comparisons: Mapping[str, Comparison] | None = None
+    measurements: Iterable[Measurement],
+    comparisons: Mapping[str, Comparison] | None = None,
+    fail_pct: float | None = None,
 ) -> list[Row]:
-    """One Row per measurement; baseline and change cells only when comparing."""
+    """One Row per measurement; baseline and change cells only when comparing, and the
+    gate's verdict when comparing with a ``--metrics-fail`` threshold."""
+    verdicts = (
+        gates(comparisons.values(), fail_pct)
+        if comparisons is not None and fail_pct is not None
+        else None
+    )
     out = []
     for m in measurements:
         failed = m.value is None
@@ -65,6 +77,9 @@ def rows(
             cells["change"] = fmt_pct(c.change_pct) if c else "new" if not failed else ""
             if c:
                 verdict = c.verdict
+            if verdicts is not None:
+                g = verdicts.get(m.name)
+                cells["gate"] = g.label if g else ""
         out.append(Row(cells, verdict))
     return out
 
@@ -75,14 +90,17 @@ def write(
     comparisons: Mapping[str, Comparison] | None,
     baseline: str | None = None,
     problems: Sequence[str] = (),
+    fail_pct: float | None = None,
 ) -> None:
     """Write the section through pytest's terminal reporter ``tr``."""
-    table = rows(measurements, comparisons)
+    table = rows(measurements, comparisons, fail_pct)
     columns = ["name", "value", "spread", "unit", "goal"]
     if not any(r.cells["spread"] for r in table):
         columns.remove("spread")
     if comparisons is not None:
         columns += ["baseline", "change"]
+        if fail_pct is not None:
+            columns.append("gate")
     title = "metrics" if baseline is None else f"metrics (compared with baseline {baseline!r})"
     tr.write_sep("=", title)
     headers = {c: c for c in columns}
@@ -97,10 +115,18 @@ def write(
         if row.verdict not in ("better", "worse"):
             tr.write_line(line(row.cells, columns), red=row.verdict == "failed")
             continue
-        # Colour only the change, so the rest of the row stays readable.
-        tr.write(line(row.cells, columns[:-1]).ljust(sum(widths[c] + 2 for c in columns[:-1])))
+        # Colour only the change (and a failed gate), so the rest stays readable.
+        at = columns.index("change")
+        before = columns[:at]
+        tr.write(line(row.cells, before).ljust(sum(widths[c] + 2 for c in before)))
         colour = "green" if row.verdict == "better" else "red"
-        tr.write_line(row.cells["change"], **{colour: True})
+        after = columns[at + 1 :]
+        if not after:
+            tr.write_line(row.cells["change"], **{colour: True})
+            continue
+        tr.write(row.cells["change"].ljust(widths["change"] + 2), **{colour: True})
+        gate_cell = row.cells.get("gate", "")
+        tr.write_line(gate_cell, red=gate_cell.startswith("FAIL"))
     for m in measurements:
         if m.value is None and m.error:
             tr.write_line(f"{m.name}: {m.error}", red=True)
