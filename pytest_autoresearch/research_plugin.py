@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from pytest_autoresearch.budget import duration_option
+
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _N_FLAGS = ("-n", "--numprocesses")
 _METAVARS = {
@@ -30,6 +32,8 @@ _METAVARS = {
     "repair_attempts": "N",
     "base_url": "URL",
     "max_cost": "USD",
+    "time_budget": "DURATION",
+    "remote": "NAME",
 }
 
 
@@ -126,6 +130,19 @@ _OPTIONS: list[tuple[str, Any, Any, str]] = [
         "endpoint for the openai proposer (default: $OPENAI_BASE_URL, else OpenAI's)",
     ),
     ("max_cost", _usd, None, "stop cleanly once LLM proposals have cost this many US dollars"),
+    (
+        "time_budget",
+        duration_option,
+        None,
+        "wall-clock budget (90s, 45m, 5h30m or seconds): no experiment starts that would not "
+        "finish inside it; the run then ends cleanly, exit code 0 (default: no limit)",
+    ),
+    (
+        "remote",
+        str,
+        "origin",
+        "git remote that --autoresearch-pr pushes the research branch to (default origin)",
+    ),
 ]
 
 
@@ -138,6 +155,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the research loop: propose edits to the files program.md allows, measure, "
         "keep real improvements on a research branch (see program.md)",
     )
+    # A flag, so not in _OPTIONS (those take a value); publish.pr_enabled() reads both.
+    group.addoption(
+        "--autoresearch-pr",
+        action="store_true",
+        default=False,
+        help="at the end, if something was kept, push the research branch and open or update "
+        "one pull request (GitHub: GITHUB_TOKEN, GITHUB_REPOSITORY; see docs/ci.md)",
+    )
+    parser.addini("autoresearch_pr", "default for --autoresearch-pr", type="bool", default=False)
     for name, type_, _default, help_text in _OPTIONS:
         flag = "--autoresearch-" + name.replace("_", "-")
         group.addoption(
