@@ -24,66 +24,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch.decide import noise_runs
+from pytest_autoresearch.secrets import scrub, scrub_obj  # re-exported: the one scrubber
 
 __all__ = ["Journal", "JournalError", "JournalState", "scrub", "scrub_obj"]
 
-REDACTED = "[REDACTED]"
-_TOKEN_RES = [
-    re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"\b(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{20,}"),
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
-    re.compile(r"\bhf_[A-Za-z0-9]{20,}"),
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
-    re.compile(r"(?i)\bBearer\s+[A-Za-z0-9._\-]{16,}"),
-]
-# NAME=value where NAME looks like a secret's (ANTHROPIC_API_KEY=..., GH_TOKEN: ...).
-_ASSIGN_RE = re.compile(
-    r"\b([A-Z0-9_]*(?:API_?KEY|ACCESS_?KEY|_TOKEN|SECRET|PASSWORD|PASSWD)(?:_[A-Z0-9]+)*)"
-    r"(\s*[=:]\s*)(['\"]?)[^\s'\"]{6,}\3"
-)
-_SECRET_ENV_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD")
 _STATUSES = ("keep", "discard", "crash", "rejected", "error")
-
-
-def _env_secrets() -> list[str]:
-    """Values of secret-looking environment variables, longest first (replaced verbatim)."""
-    values = {v for k, v in os.environ.items() if _SECRET_ENV_RE.search(k.upper()) and len(v) >= 8}
-    return sorted(values, key=len, reverse=True)
-
-
-def scrub(text: str) -> str:
-    """The text with API keys, tokens and secret environment values replaced by [REDACTED]."""
-    if not text:
-        return text
-    for value in _env_secrets():
-        text = text.replace(value, REDACTED)
-    for pattern in _TOKEN_RES:
-        text = pattern.sub(REDACTED, text)
-    return _ASSIGN_RE.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
-
-
-def scrub_obj(obj: Any) -> Any:
-    """A copy of a JSON-like value with every string scrubbed and non-finite floats as None."""
-    if isinstance(obj, str):
-        return scrub(obj)
-    if isinstance(obj, dict):
-        return {scrub(str(k)): scrub_obj(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [scrub_obj(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # JSON has no NaN/inf, and other readers choke on them
-    if isinstance(obj, Path):
-        return scrub(str(obj))
-    return obj
 
 
 class JournalError(Exception):

@@ -339,7 +339,7 @@ def test_the_key_stays_out_of_records_errors_and_transcripts(server, root):
     )
     with pytest.raises(ProposerError) as info:
         proposer(server).propose(make_ctx(root, experiment=2))
-    assert API_KEY not in str(info.value) and "[redacted]" in str(info.value)
+    assert API_KEY not in str(info.value) and "[REDACTED]" in str(info.value)
 
 
 def test_unknown_tool_and_untrusted_description(server, root):

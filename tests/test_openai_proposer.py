@@ -194,7 +194,7 @@ def test_401_is_fatal_and_the_key_stays_out(server, root):
     server.add(Reply(400, {"error": {"message": f"bad request for {OPENAI_KEY}"}}))
     with pytest.raises(ProposerError) as info:
         proposer(server, api_key=OPENAI_KEY).propose(make_ctx(root))
-    assert OPENAI_KEY not in str(info.value) and "[redacted]" in str(info.value)
+    assert OPENAI_KEY not in str(info.value) and "[REDACTED]" in str(info.value)
     server.add(*improve_lr())
     ctx = make_ctx(root, experiment=3)
     proposal = proposer(server, api_key=OPENAI_KEY).propose(ctx)

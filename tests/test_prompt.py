@@ -130,6 +130,6 @@ def test_descriptions_are_truncated():
 def test_transcript_safe_removes_secrets_everywhere():
     data = {"a": ["x sk-123456 y", {"b": "sk-123456"}], "n": 3}
     assert prompt.transcript_safe(data, ["sk-123456"]) == {
-        "a": ["x [redacted] y", {"b": "[redacted]"}],
+        "a": ["x [REDACTED] y", {"b": "[REDACTED]"}],
         "n": 3,
     }

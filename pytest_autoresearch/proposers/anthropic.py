@@ -30,6 +30,7 @@ from pytest_autoresearch.proposers.base import (
     ProposerFatal,
 )
 from pytest_autoresearch.proposers.sandbox import TOOL_NAME, EditorSandbox, glob_matcher
+from pytest_autoresearch.secrets import scrub  # re-exported for the other LLM proposers
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 EDITOR_TOOL = {"type": "text_editor_20250728", "name": TOOL_NAME}
@@ -80,14 +81,6 @@ def usd(
     p_in, p_out, p_write, p_read = prices
     total = inp * p_in + out * p_out + cache_write * p_write + cache_read * p_read
     return (total + write_1h * (2 * p_in - p_write)) / 1e6
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret replaced; error text we print goes through this."""
-    for secret in secrets:
-        if secret and len(secret) >= 6:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def _option(config: Any, name: str, default: Any) -> Any:

@@ -207,13 +207,6 @@ def extract_description(final_text: str, changed: Sequence[str]) -> str:
 
 def transcript_safe(value: Any, secrets: Sequence[str]) -> Any:
     """A JSON-able copy of ``value`` with every secret replaced (for saved transcripts)."""
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret:
-                value = value.replace(secret, "[redacted]")
-        return value
-    if isinstance(value, dict):
-        return {k: transcript_safe(v, secrets) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [transcript_safe(v, secrets) for v in value]
-    return value
+    from pytest_autoresearch.secrets import scrub_obj
+
+    return scrub_obj(value, secrets)
