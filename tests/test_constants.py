@@ -225,7 +225,7 @@ def test_a_hash_inside_a_string_is_not_a_hint():
         ("LR = 0.04  # search: 0.1..0.001", "needs finite bounds with LOW < HIGH"),
         ("LR = 0.04  # search: a..b", "are not numbers"),
         ("LR = 0.04  # search: 0..0.1 log", "a log range needs LOW > 0"),
-        ("LR = 0.04  # search: 0.001..0.1 cubic", "unknown scale 'cubic' in .*; use log or linear"),
+        ("LR = 0.04  # search: 0.001..0.1 cubic", "unknown word 'cubic' in .*; use log or linear"),
         ("DEPTH = 4  # search: 1.5..8", r"DEPTH is an int.*write DEPTH = 4.0 to tune it"),
         ("LR = 0.5  # search: 0.001..0.1", "the value 0.5 lies outside.*widen the range"),
     ],
