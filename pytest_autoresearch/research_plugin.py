@@ -195,28 +195,60 @@ def option(config: pytest.Config, name: str) -> Any:
     raise KeyError(name)
 
 
+# pytest-xdist's distribution options (they take a value) and their "--opt=value" forms.
+_XDIST_VALUED = ("--numprocesses", "--maxprocesses", "--dist", "--tx", "--maxschedchunk")
+
+
+def _xdist_option(args: list[str], i: int) -> tuple[str, str | None, int] | None:
+    """(flag, value, width) when ``args[i]`` is an xdist distribution option, else None."""
+    arg = args[i]
+    nxt = args[i + 1] if i + 1 < len(args) else None
+    if arg in _N_FLAGS or arg in _XDIST_VALUED:
+        return ("-n" if arg in _N_FLAGS else arg), nxt, 2
+    for flag in _XDIST_VALUED:
+        if arg.startswith(flag + "="):
+            return ("-n" if flag == "--numprocesses" else flag), arg.split("=", 1)[1], 1
+    if arg.startswith("-n") and not arg.startswith("--") and len(arg) > 2:
+        return "-n", arg[2:].lstrip("="), 1
+    return None
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) -> None:
-    """Under --autoresearch, '-n N' counts experiments: rewrite it before pytest-xdist sees it."""
+    """Under --autoresearch, '-n N' counts experiments: rewrite it before pytest-xdist sees it.
+
+    Only the command line counts. pytest has already put the ini file's ``addopts`` and
+    PYTEST_ADDOPTS in front of it; the usual ``-n auto`` / ``--dist load`` there configure
+    test distribution, which a research session does not do, so they are dropped rather
+    than taken as a number of experiments (or refused).
+    """
     if "--autoresearch" not in args:
         return
+    cli = list(early_config.invocation_params.args)
+    n_cli = len(cli)
+    tail_matches = n_cli <= len(args) and args[len(args) - n_cli :] == cli
+    first_cli = len(args) - n_cli if tail_matches else 0
     i = 0
     while i < len(args):
-        arg = args[i]
-        if arg == "--":
+        if args[i] == "--":
             break
-        value = None
-        if arg in _N_FLAGS:
-            if i + 1 >= len(args):
-                raise pytest.UsageError("-n needs a number of experiments, e.g. -n 200")
-            value, width = args[i + 1], 2
-        elif arg.startswith("--numprocesses="):
-            value, width = arg.split("=", 1)[1], 1
-        elif arg.startswith("-n") and not arg.startswith("--") and len(arg) > 2:
-            value, width = arg[2:].lstrip("="), 1
-        if value is None:
+        found = _xdist_option(args, i)
+        if found is None:
             i += 1
             continue
+        flag, value, width = found
+        if i < first_cli:  # from addopts / PYTEST_ADDOPTS
+            del args[i : i + width]
+            first_cli -= width
+            continue
+        if flag != "-n":
+            raise pytest.UsageError(
+                f"{flag}: --autoresearch runs its own loop and does not distribute tests with "
+                "pytest-xdist; drop --tx/--dist (experiments run one at a time, each in a "
+                "fresh process) and use -n for the number of experiments"
+            )
+        if value is None:
+            raise pytest.UsageError("-n needs a number of experiments, e.g. -n 200")
         if not value.isdigit() or int(value) < 1:
             raise pytest.UsageError(
                 f"-n {value}: under --autoresearch, -n is the number of experiments (e.g. -n 200); "

@@ -133,3 +133,46 @@ def test_no_metric_tests_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--autoresearch", "--autoresearch-proposer", "optuna")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*found no metric tests*@metric*"])
+
+
+# -- the user's own xdist settings (issue: first use in a real repository) -----------------
+
+
+@pytest.mark.parametrize("addopts", ["-n auto", "-n 4", "--numprocesses=4 --dist loadscope"])
+def test_xdist_settings_in_addopts_neither_fail_nor_count_experiments(
+    pytester: pytest.Pytester, addopts: str
+) -> None:
+    pytest.importorskip("xdist")
+    pytester.makeini(f"[pytest]\naddopts = {addopts}\n")
+    assert experiments_of(pytester, "--autoresearch", "-n", "50") == (50, None)
+    # Without -n on the command line the default count applies, not the ini's worker count.
+    assert experiments_of(pytester, "--autoresearch") == (20, None)
+
+
+def test_pytest_addopts_n_does_not_change_the_number_of_experiments(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-n 3")
+    assert experiments_of(pytester, "--autoresearch", "-n", "2") == (2, None)
+    assert experiments_of(pytester, "--autoresearch") == (20, None)
+
+
+def test_addopts_n_still_distributes_an_ordinary_run(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    pytester.makeini("[pytest]\naddopts = -n 2\n")
+    assert experiments_of(pytester)[1] == 2
+
+
+@pytest.mark.parametrize(
+    "args", [["--tx", "2*popen"], ["--dist", "load"], ["--dist=loadscope"], ["--tx=popen"]]
+)
+def test_distribution_flags_on_the_command_line_are_refused(
+    pytester: pytest.Pytester, args: list[str]
+) -> None:
+    pytest.importorskip("xdist")
+    result = pytester.runpytest_subprocess("--autoresearch", "-n", "3", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*runs its own loop and does not distribute tests*drop --tx/--dist*"]
+    )
