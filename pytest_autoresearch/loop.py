@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pytest_autoresearch import decide, stats
+from pytest_autoresearch.budget import time_left_allows
 from pytest_autoresearch.proposers.base import (
     Cost,
     Failure,
@@ -73,6 +74,7 @@ class LoopSettings:
     repair_attempts: int = 2
     proposer_name: str = ""
     fault: str | None = None  # FAULT_ENV's value: where to kill the loop (tests only)
+    time_budget: float | None = None  # seconds for this run; no experiment starts past it
 
 
 @dataclass
@@ -163,6 +165,7 @@ class ResearchLoop:
     def run(self) -> LoopResult:
         ran, interrupted, failed = 0, False, False
         stop_reason = f"reached {self.s.experiments} experiments"
+        started = self.clock()
         state = self.journal.load()
         self.journal.write(
             "session",
@@ -180,6 +183,15 @@ class ResearchLoop:
                 if self.s.max_cost is not None and self.cost.usd >= self.s.max_cost:
                     stop_reason = (
                         f"cost cap reached: ${self.cost.usd:.2f} of ${self.s.max_cost:.2f}"
+                    )
+                    break
+                budget = self.s.time_budget
+                if budget is not None and not time_left_allows(
+                    self.clock() - started, self.durations, budget
+                ):
+                    stop_reason = (
+                        f"time budget: {budget:.0f}s, and the next experiment would not finish "
+                        f"in the {max(0.0, budget - (self.clock() - started)):.0f}s left"
                     )
                     break
                 try:
