@@ -48,6 +48,8 @@ KEYS: dict[str, str] = {
     "min_delta": "the smallest improvement worth keeping, in objective units (default 0)",
     "baseline_runs": "how many times the baseline is measured to estimate noise (default 3)",
     "context": "globs of read-only files an LLM proposer may view",
+    "search": "ranges for the optuna proposer, per file and name, e.g. "
+    '{"train.py": {"learning_rate": "log 1e-5..1e-1"}} (docs/optuna-proposer.md)',
 }
 _OPS = ("<=", ">=", "==", "<", ">")
 _CONSTRAINT_RE = re.compile(
@@ -100,6 +102,7 @@ class Program:
     min_delta: float = 0.0
     baseline_runs: int = 3
     context: tuple[str, ...] = ()
+    search: tuple[Any, ...] = ()  # proposers.search_spec.Declared: ranges for named numbers
     instructions: str = ""
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     program_relpath: str | None = field(default=None, compare=False, repr=False)
@@ -402,6 +405,7 @@ def _build(
         min_delta=min_delta if min_delta is not None else 0.0,
         baseline_runs=runs,
         context=context,
+        search=_search(data.get("search"), editable, root, program_rel, fail),
         instructions=instructions,
         lines=lines,
         program_relpath=program_rel,
@@ -508,3 +512,12 @@ def _constraint(text: str, fail: Any) -> Constraint:
             f"write 'metric OP number' with OP one of {', '.join(_OPS)}, e.g. 'peak_vram_gb <= 60'",
         )
     return Constraint(metric=m.group("metric"), op=m.group("op"), bound=bound, text=text.strip())
+
+
+def _search(value: Any, editable: tuple[str, ...], root: Path, program_rel: Any, fail: Any) -> Any:
+    from pytest_autoresearch.proposers.search_spec import SEARCH_EXAMPLE, HintError, parse_search
+
+    try:
+        return parse_search(value, lambda rel: rel in _expand(editable, root, exclude=program_rel))
+    except HintError as exc:
+        raise fail("search", str(exc), f"write e.g. {SEARCH_EXAMPLE}") from None

@@ -14,9 +14,22 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["HINT_EXAMPLE", "Hint", "HintError", "Space", "Spec", "default_space", "parse_spec"]
+__all__ = [
+    "HINT_EXAMPLE",
+    "SEARCH_EXAMPLE",
+    "Declared",
+    "Hint",
+    "HintError",
+    "Space",
+    "Spec",
+    "default_space",
+    "parse_search",
+    "parse_spec",
+]
 
 _RANGE = re.compile(r"(?P<low>[^\s.]\S*?|\.\d\S*?)\.\.(?P<high>\S+)\Z")
 _WORDS: dict[str, tuple[str, object]] = {
@@ -150,3 +163,56 @@ def default_space(value: int | float) -> Space:
     if value == 0:
         return Space(0.0, 0.1, False, False)
     return Space(2 * value, value / 2, False, False)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A range program.md's ``search:`` key gives a number of an editable file."""
+
+    path: str  # relative posix path, as written under ``search:``
+    name: str  # "learning_rate", "GPTConfig.n_layer", "config.lr"
+    spec: Spec
+
+
+SEARCH_EXAMPLE = 'search: {train.py: {learning_rate: "log 1e-5..1e-1", n_layer: "int 2..12"}}'
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[^\s.]+)*\Z")
+
+
+def parse_search(value: Any, editable: Callable[[str], bool]) -> tuple[Declared, ...]:
+    """Read program.md's ``search:`` value: ``{file: {name: spec}}``.
+
+    ``editable(relpath)`` says whether the file is one the program lets change. Raises
+    ``HintError`` whose message says what is wrong (the caller adds the place).
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not value:
+        raise HintError(
+            f"search must map each editable file to its numbers and ranges, got {value!r}"
+        )
+    found = []
+    for path, names in value.items():
+        path = str(path)
+        if not editable(path):
+            raise HintError(f"search names {path!r}, which is not an editable file")
+        if not isinstance(names, dict) or not names:
+            raise HintError(f"search: {path} must map names to ranges, got {names!r}")
+        for name, text in names.items():
+            name = str(name)
+            if not _DOTTED.match(name):
+                raise HintError(
+                    f"search: {path}: {name!r} is not a name like learning_rate, "
+                    "GPTConfig.n_layer or config.lr"
+                )
+            # YAML reads a bare off/on as a bool: take them at their word.
+            text = {False: "off", True: "auto"}.get(text, text) if isinstance(text, bool) else text
+            if not isinstance(text, str):
+                raise HintError(
+                    f"search: {path}: {name}: {text!r} is not a range like 'log 1e-5..1e-1'"
+                )
+            try:
+                spec = parse_spec(text)
+            except HintError as exc:
+                raise HintError(f"search: {path}: {name}: {exc}") from None
+            found.append(Declared(path, name, spec))
+    return tuple(found)
