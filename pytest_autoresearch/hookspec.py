@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -34,4 +34,53 @@ def pytest_autoresearch_experiment_done(record: dict, config: pytest.Config) -> 
         def pytest_autoresearch_experiment_done(record, config):
             if record["status"] == "keep":
                 print("kept:", record["description"])
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_autoresearch_publish_check(config: pytest.Config) -> str | None:
+    """Under ``--autoresearch-pr``, before any experiment: can this run be published?
+
+    Return one line saying where it will go (printed at the start), or None if publishing is
+    not yours; raise ``pytest.UsageError`` with a clear line when a setting is missing or
+    refused, so the run stops before it spends hours. The first non-None answer wins; the
+    built-in GitHub check runs last. A plugin for another forge implements this and
+    ``pytest_autoresearch_publish``::
+
+        def pytest_autoresearch_publish_check(config):
+            if not os.environ.get("GITLAB_TOKEN"):
+                raise pytest.UsageError("--autoresearch-pr needs GITLAB_TOKEN")
+            return "GitLab merge request on " + os.environ["CI_PROJECT_PATH"]
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_autoresearch_publish(
+    config: pytest.Config,
+    result: Any,
+    records: list[dict[str, Any]],
+    branch: str,
+    base: str,
+) -> str | None:
+    """Publish a finished research run; return where (a URL), or None if it is not yours.
+
+    Called once after the run, only under ``--autoresearch-pr``, when at least one experiment
+    was kept and the run was neither interrupted nor stopped by an error. ``result`` is the
+    loop's ``LoopResult`` (objective, goal, baseline, best, sigma, kept, done, stop_reason,
+    branch, record_dir, holdout..., cost); ``records`` the journal's experiment records
+    (docs/architecture.md); ``branch`` the research branch (``autoresearch/<tag>``, already
+    committed locally); ``base`` the branch the run started from, which must never be pushed
+    to. The first non-None answer wins (``firstresult``): one run, one pull request. The
+    built-in GitHub implementation (publish/github.py) runs last, so a plugin's answer
+    replaces it. Raise an exception to report a failure (printed; the run exits non-zero;
+    the branch and record stay)::
+
+        def pytest_autoresearch_publish(config, result, records, branch, base):
+            from pytest_autoresearch.publish import body
+            subprocess.run(["git", "push", "gitlab", branch], check=True)
+            return my_forge.open_merge_request(
+                source=branch, target=base,
+                title=body.title(result, records),
+                description=body.body(result, records, branch=branch, base=base),
+            )
     """

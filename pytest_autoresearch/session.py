@@ -145,7 +145,7 @@ def _git_dir(root: Path) -> Path | None:
 
 def run_research_session(session: pytest.Session) -> None:
     """Run the research loop over the collected metric tests (called from runtestloop)."""
-    from pytest_autoresearch import report
+    from pytest_autoresearch import publish, report
     from pytest_autoresearch.evaluate import evaluate
     from pytest_autoresearch.journal import Journal, JournalError
     from pytest_autoresearch.loop import (
@@ -178,6 +178,7 @@ def run_research_session(session: pytest.Session) -> None:
     tag = config.getoption("autoresearch_tag") or research_plugin.default_tag()
     record_dir = root / ".autoresearch" / tag
     experiments = config.getoption("autoresearch_experiments")
+    publish.preflight(config, echo)  # --autoresearch-pr: token, repo, remote; before any work
     proposer, proposer_name = _make_proposer(config, echo)
 
     with _Lock(_git_dir(root) or record_dir):
@@ -205,6 +206,7 @@ def run_research_session(session: pytest.Session) -> None:
             repair_attempts=config.getoption("autoresearch_repair_attempts"),
             proposer_name=proposer_name,
             fault=os.environ.get(FAULT_ENV),
+            time_budget=config.getoption("autoresearch_time_budget"),
         )
         try:
             parse_fault(settings.fault)
@@ -244,3 +246,4 @@ def run_research_session(session: pytest.Session) -> None:
                     records = journal.load().records
                     config.stash[RESULT_KEY] = (result, records)
                     report.write_report(record_dir, records, result, program)
+        publish.after_run(session, repo, echo)  # only kept, not interrupted, not failed
