@@ -29,6 +29,7 @@ takes first). ``.autoresearch/`` and ``__pycache__`` are never looked at or touc
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import shutil
@@ -38,13 +39,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_autoresearch.fingerprint import Fingerprint
+from pytest_autoresearch.treeguard import TreeGuard, Unrestorable
+
 BRANCH_PREFIX = "autoresearch/"
 FALLBACK_NAME = "pytest-autoresearch"
 FALLBACK_EMAIL = "autoresearch@localhost"
+# Config every git command of the loop runs with: experiment code may have written hooks
+# or an fsmonitor into the repository, and our commits, resets and checkouts must never
+# run them (they would see the loop's full environment, API keys included).
+SAFE_CONFIG = (
+    ("core.hooksPath", os.devnull),
+    ("core.fsmonitor", "false"),
+    ("core.untrackedCache", "false"),
+    ("diff.external", ""),
+)
 
 
 class VcsError(Exception):
     """Git is in a state the research loop cannot work in; the message says what to do."""
+
+
+def _git_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A git command that fails inside ``method`` becomes a VcsError with git's own words."""
+
+    @functools.wraps(method)
+    def wrapper(self: ResearchRepo, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except VcsError:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ != "GitCommandError":
+                raise
+            message = _git_message(exc)
+            lock = Path(self._repo.git_dir) / "index.lock"
+            if "index.lock" in message or lock.exists():
+                raise VcsError(_lock_message(self.workdir, lock)) from None
+            command = " ".join(str(a) for a in (getattr(exc, "command", None) or ["git"])[:3])
+            raise VcsError(
+                f"{command} failed in {self.workdir}: {message}; fix the repository and run "
+                f"again (your work is on {self.branch})"
+            ) from None
+
+    return wrapper
+
+
+def _lock_message(workdir: Path, lock: Path) -> str:
+    return (
+        f"another git process is running in {workdir}, or one crashed; if none is running "
+        f"delete {lock}"
+    )
 
 
 @dataclass
@@ -56,6 +101,8 @@ class StartInfo:
     original: str  # the user's branch name, or a commit sha when HEAD was detached
     resumed: bool  # the research branch existed already
     restored: list[str] = field(default_factory=list)  # leftovers of a killed experiment
+    # Gitignored files the editable globs match: never editable (a commit would drop them).
+    ignored_editable: list[str] = field(default_factory=list)
 
 
 class ResearchRepo:
@@ -90,9 +137,22 @@ class ResearchRepo:
         self._ident_env: dict[str, str] = {}
         self._tree_cache: tuple[Any, str] | None = None
         self._diff_cache: tuple[str, str, tuple[int, int]] | None = None
+        self._repo.git.update_environment(**safe_git_env())
+        git_dirs = [Path(self._repo.git_dir), Path(self._repo.common_dir)]
+        self.guard = TreeGuard(
+            self.workdir,
+            git_dirs,
+            self._record_dir,
+            list_index=self._index_tags,
+            own_refs=["refs/heads/" + self.branch],
+        )
+        self._excluded: set[str] = set()  # repo paths never editable whatever the globs say
+        self._nested: set[str] = set()  # submodules and nested repositories (directories)
+        self._clean: Fingerprint | None = None  # the tree right after the last restore/keep
 
     # -- public API ---------------------------------------------------------------------
 
+    @_git_errors
     def start(self, *, in_flight: bool = True) -> StartInfo:
         """Check out the research branch (created from HEAD if new); refuse unsafe states.
 
@@ -102,6 +162,7 @@ class ResearchRepo:
         """
         git = self._repo.git
         self._check_ref_name()
+        self._check_lock()
         try:
             sha, head_ref = self._head()
         except VcsError:
@@ -111,6 +172,8 @@ class ResearchRepo:
             ) from None
         entries = self._status()
         self._check_record_dir_untracked()
+        self._check_index_flags()
+        self._check_submodules(entries)
         ref = "refs/heads/" + self.branch
         branch_sha = self._rev(ref)
         restored: list[str] = []
@@ -173,32 +236,81 @@ class ResearchRepo:
             self._write_origin()
         self._ident_env = self._identity()
         self._started = True
-        return StartInfo(self.branch, self.best, self.original, resumed, restored)
+        try:
+            base = self.guard.begin()
+        except OSError as exc:
+            raise VcsError(
+                f"could not back up the untracked files under {self.workdir}: {exc}"
+            ) from None
+        self._nested = self.guard.nested_roots(base)
+        ignored = sorted(p for p in base.files if p not in base.tracked and self._editable(p))
+        self._excluded.update(ignored)
+        self._clean = base
+        return StartInfo(
+            self.branch,
+            self.best,
+            self.original,
+            resumed,
+            restored,
+            [self._show(p) for p in ignored],
+        )
 
     def head(self) -> str:
         """The sha of the best commit (the research branch tip)."""
         return self.best
 
+    @_git_errors
+    def fingerprint(self) -> Fingerprint:
+        """Stat of every file the experiment could touch (cheap: lstat, one git ls-files)."""
+        return self.guard.take()
+
+    @_git_errors
+    def learn_baseline_outputs(self, before: Fingerprint) -> None:
+        """After a baseline run: remember what the unchanged code writes; refuse what it must not.
+
+        ``before`` is the fingerprint taken right before that run.
+        """
+        now = self.guard.take()
+        try:
+            self.guard.learn_baseline(
+                before, now, editable=self._editable, describe=self._describe_editable
+            )
+        except Unrestorable as exc:
+            raise VcsError(str(exc)) from None
+
+    @_git_errors
     def out_of_scope(
-        self, is_editable: Callable[[str], bool] | None = None, *, after: str = "proposal"
+        self,
+        is_editable: Callable[[str], bool] | None = None,
+        *,
+        after: str = "proposal",
+        since: Fingerprint | None = None,
     ) -> list[str]:
         """Changes the rules forbid, one "path (why)" each; empty when the candidate is in scope.
 
-        ``after="proposal"``: new untracked files outside the editable files are violations.
-        ``after="evaluation"``: they are outputs of the tests and are left alone from then on.
+        ``after="proposal"``: new untracked files outside the editable files are violations,
+        and so is any change git cannot see (ignored files, nested repositories, git's own
+        files, index flags) since ``since`` (default: the tree after the last restore).
+        ``after="evaluation"`` with ``since`` taken right before the evaluation: anything the
+        evaluation changed that can change a measurement or what is committed; new non-code
+        files outside the editable set are outputs (removed when the experiment ends).
+        Without ``since``, new untracked files are taken as outputs and left alone.
         """
         if after not in ("proposal", "evaluation"):
             raise ValueError(f"after must be 'proposal' or 'evaluation', not {after!r}")
         if is_editable is not None:
             self.is_editable = is_editable
         self._require_started()
+        ref = since if since is not None else (self._clean if after == "proposal" else None)
+        now = self.guard.take() if ref is not None else None  # before any git status
         bad: list[str] = []
         sha, head_ref = self._head()
         if head_ref != "refs/heads/" + self.branch:
             bad.append(f"HEAD (switched to {head_ref if head_ref != 'HEAD' else sha[:12]})")
         elif sha != self.best:
             bad.append(f"HEAD (moved from {self.best[:12]} to {sha[:12]}: a commit was made)")
-        for e in self._status():
+        entries = self._status()
+        for e in entries:
             path = self._show(e.path)
             editable = self._editable(e.path)
             if e.tracked:
@@ -216,26 +328,43 @@ class ResearchRepo:
                 bad.append(f"{path} (new file)")
             else:
                 self._known_untracked.add(e.path)
+        if ref is not None and now is not None:
+            visible = {e.path for e in entries}
+            seen = {b.split(" (", 1)[0] for b in bad}
+            found = self.guard.changes(
+                ref, now, after=after, editable=self._editable, visible=visible
+            )
+            for p, why in found.items():
+                if p not in now.tracked and p not in ref.tracked:
+                    self._flagged.add(p)  # restore() removes or puts it back
+                shown = self._show(p) if not os.path.isabs(p) else p
+                if shown not in seen:
+                    bad.append(f"{shown} ({why})")
         return bad
 
+    @_git_errors
     def changed_files(self) -> list[str]:
         """Files the candidate changed, added or deleted relative to the best commit."""
         return sorted(self._show(p) for p in self._candidate_paths(self._status()))
 
+    @_git_errors
     def diff_text(self) -> str:
         """Unified diff from the best commit to the candidate, new files included."""
         return self._diff()[0]
 
+    @_git_errors
     def lines_changed(self) -> tuple[int, int]:
         """(lines added, lines removed) by the candidate, for the simplicity criterion."""
         return self._diff()[1]
 
+    @_git_errors
     def snapshot(self, message: str) -> str:
         """A commit of the candidate whose parent is the best commit; moves no branch."""
         self._require_started()
         tree = self._candidate_tree()
         return self._commit_tree(tree, message)
 
+    @_git_errors
     def commit(self, message: str) -> str:
         """Commit the editable changes on the research branch; returns the new best sha."""
         bad = self.out_of_scope(after="evaluation")
@@ -249,8 +378,10 @@ class ResearchRepo:
         sha = self._commit_tree(tree, message)
         git.update_ref("-m", "autoresearch: keep", "refs/heads/" + self.branch, sha, self.best)
         self.best = sha
+        self._clean_tree()  # outputs of the evaluation are not left behind
         return sha
 
+    @_git_errors
     def advance_to(self, sha: str) -> None:
         """Move the research branch from the best commit to ``sha`` (a snapshot on top of it).
 
@@ -267,12 +398,19 @@ class ResearchRepo:
         self.best = sha
         git.reset("-q", "--hard", sha)
         self._tree_cache = self._diff_cache = None
+        self._clean_tree()  # outputs of the evaluation are not left behind
 
+    @_git_errors
     def restore(self) -> list[str]:
         """Put the tree back to the best commit; returns the paths that were discarded."""
         if not self._started:
             return []  # nothing of ours to undo (start() failed or finish() ran)
         git = self._repo.git
+        try:
+            fixed = self.guard.restore_git_files()  # before git could run a planted hook
+        except Unrestorable as exc:
+            raise VcsError(str(exc)) from None
+        self._clear_index_flags()
         entries = self._status()
         sha, head_ref = self._head()
         ref = "refs/heads/" + self.branch
@@ -292,8 +430,23 @@ class ResearchRepo:
             _remove_file(self.workdir, path)
         self._flagged.clear()
         self._tree_cache = self._diff_cache = None
-        return sorted(self._show(p) for p in [*tracked, *remove])
+        cleaned = self._clean_tree()
+        return sorted({self._show(p) for p in [*tracked, *remove, *fixed, *cleaned]})
 
+    def _clean_tree(self) -> list[str]:
+        """Remove outputs and planted files; put back changed untracked files (backups)."""
+        if self.guard.base is None:
+            return []
+        try:
+            cleaned = self.guard.clean_tree(self.guard.take())
+        except Unrestorable as exc:
+            raise VcsError(str(exc)) from None
+        self._known_untracked.difference_update(cleaned)
+        self._clean = self.guard.take()
+        self.guard.rebase(self._clean)
+        return cleaned
+
+    @_git_errors
     def finish(self) -> None:
         """Discard any unfinished candidate and return to the user's branch or commit."""
         if not self._started:
@@ -342,7 +495,25 @@ class ResearchRepo:
 
     def _editable(self, path: str) -> bool:
         rel = self._rel(path)
-        return rel is not None and self.is_editable is not None and self.is_editable(rel)
+        if rel is None or self.is_editable is None or path in self._excluded:
+            return False
+        folded = path.casefold().split("/")
+        if ".git" in folded or ".autoresearch" in folded:
+            return False  # protected whatever the globs say
+        parts = path.split("/")
+        if self._nested and any(
+            "/".join(parts[:i]) in self._nested for i in range(1, len(parts) + 1)
+        ):
+            return False  # a submodule or nested repository: its own git owns it
+        return self.is_editable(rel)
+
+    def _describe_editable(self, path: str) -> str:
+        """Which editable glob covers ``path`` (and its line), when the Program can say."""
+        owner = getattr(self.is_editable, "__self__", None)
+        glob_for = getattr(owner, "glob_for", None)
+        rel = self._rel(path)
+        found = glob_for(rel) if callable(glob_for) and rel is not None else None
+        return found or "the editable files"
 
     def _rel(self, path: str) -> str | None:
         if not self.prefix:
@@ -485,6 +656,45 @@ class ResearchRepo:
                 "use letters, digits, '.', '-' and '_' (for example --autoresearch-tag nov23)"
             ) from None
 
+    def _check_lock(self) -> None:
+        lock = Path(self._repo.git_dir) / "index.lock"
+        if lock.exists():
+            raise VcsError(_lock_message(self.workdir, lock))
+
+    def _index_tags(self) -> dict[str, str]:
+        """Every index entry with its ``git ls-files -v`` tag (S: skip-worktree, h: assumed)."""
+        raw = self._repo.git.ls_files("-v", "-z", stdout_as_string=False)
+        out: dict[str, str] = {}
+        for item in os.fsdecode(raw).split("\0"):
+            if len(item) > 2:
+                out[item[2:]] = item[0]
+        return out
+
+    def _check_index_flags(self) -> None:
+        flagged = _flag_names(self._index_tags())
+        if flagged:
+            shown = _list(f"{self._show(p)} ({f})" for p, f in sorted(flagged.items()))
+            raise VcsError(
+                f"git is told to look away from changes to {shown}, so the loop could not see "
+                "an experiment change them; clear the flags first: git update-index "
+                "--no-skip-worktree --no-assume-unchanged -- <path> (sparse checkouts are not "
+                "supported)"
+            )
+
+    def _clear_index_flags(self) -> None:
+        flagged = _flag_names(self._index_tags())
+        for chunk in _chunks(sorted(flagged)):
+            self._repo.git.update_index("--no-skip-worktree", "--no-assume-unchanged", "--", *chunk)
+
+    def _check_submodules(self, entries: list[_Entry]) -> None:
+        dirty = [e.path for e in entries if e.tracked and (self.workdir / e.path / ".git").exists()]
+        if dirty:
+            raise VcsError(
+                f"the submodule {_list(self._show(p) for p in dirty)} has uncommitted changes or "
+                "new files; commit or discard them inside it (git -C "
+                f"{self._show(dirty[0])} status) and run again"
+            )
+
     def _check_record_dir_untracked(self) -> None:
         if self._record_prefix.startswith("../"):
             return
@@ -574,6 +784,30 @@ def _open_repo(root: Path) -> Any:
     if repo.bare or repo.working_tree_dir is None:
         raise VcsError(f"{root} is in a bare git repository; run it in a checkout")
     return repo
+
+
+def safe_git_env() -> dict[str, str]:
+    """GIT_CONFIG_COUNT/KEY/VALUE entries (after any the user set) that switch off hooks etc."""
+    try:
+        n = int(os.environ.get("GIT_CONFIG_COUNT", "0"))
+    except ValueError:
+        n = 0
+    env: dict[str, str] = {}
+    for i, (key, value) in enumerate(SAFE_CONFIG, start=n):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    env["GIT_CONFIG_COUNT"] = str(n + len(SAFE_CONFIG))
+    return env
+
+
+def _flag_names(tags: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for path, tag in tags.items():
+        if tag == "S":
+            out[path] = "skip-worktree"
+        elif tag.islower():
+            out[path] = "assume-unchanged"
+    return out
 
 
 def _git_message(exc: Exception) -> str:

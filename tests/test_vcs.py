@@ -32,6 +32,12 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def status(cwd: Path) -> str:
+    """git status, less the record directory (the loop's own, untracked by design)."""
+    lines = git(cwd, "status", "--porcelain").splitlines()
+    return "\n".join(line for line in lines if line != "?? .autoresearch/")
+
+
 @pytest.fixture(autouse=True)
 def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No global or system git config leaks in (signing, hooks paths, identities)."""
@@ -258,7 +264,7 @@ def test_out_of_scope_changes_are_detected_and_restored(repo_dir: Path, case: st
     assert repo.out_of_scope() == [expected]
     repo.restore()
     assert repo.out_of_scope() == []
-    assert git(repo_dir, "status", "--porcelain") == ""
+    assert status(repo_dir) == ""
     for name, text in FILES.items():
         assert (repo_dir / name).read_text() == text
         assert not (repo_dir / name).is_symlink()
@@ -296,7 +302,7 @@ def test_checking_out_another_branch_is_undone_without_touching_it(repo_dir: Pat
     assert git(repo_dir, "rev-parse", "main") == main_sha
 
 
-def test_test_outputs_outside_scope_are_accepted_after_an_evaluation(repo_dir: Path) -> None:
+def test_test_outputs_outside_scope_are_accepted_then_removed(repo_dir: Path) -> None:
     repo = started(repo_dir)
     (repo_dir / "train.py").write_text("LR = 2\n")
     assert repo.out_of_scope() == []
@@ -306,9 +312,9 @@ def test_test_outputs_outside_scope_are_accepted_after_an_evaluation(repo_dir: P
     assert repo.out_of_scope(after="evaluation") == []
     assert repo.changed_files() == ["train.py"]
     repo.restore()
-    assert (repo_dir / "run.log").exists()  # never deleted: not the proposal's
+    assert not (repo_dir / "run.log").exists()  # outputs go when the experiment ends
     (repo_dir / "train.py").write_text("LR = 3\n")
-    assert repo.out_of_scope() == []  # and not blamed on the next proposal
+    assert repo.out_of_scope() == []  # and are not blamed on the next proposal
 
 
 def test_rejected_new_file_stays_rejected_even_after_an_evaluation(repo_dir: Path) -> None:
@@ -346,7 +352,7 @@ def test_resume_after_a_kill_restores_the_half_done_experiment(repo_dir: Path) -
     info = again.start()
     assert info.resumed and info.original == "main"
     assert info.restored == ["model/wip.py", "train.py"]
-    assert git(repo_dir, "status", "--porcelain") == "?? notes.txt"
+    assert status(repo_dir) == "?? notes.txt"
     again.finish()
     assert git(repo_dir, "symbolic-ref", "HEAD") == "refs/heads/main"
 
