@@ -145,9 +145,11 @@ def test_no_constants_stops_with_a_message_that_says_what_it_looks_for(tmp_path)
     with pytest.raises(ProposerFatal) as excinfo:
         OptunaProposer().propose(make_ctx(tmp_path, files=["model.py", "notes.txt"]))
     message = str(excinfo.value)
-    assert "no tunable constants in the editable files (model.py, notes.txt)" in message
-    assert "module-level UPPER_CASE names assigned an int or float literal" in message
-    assert "LR = 0.04" in message
+    assert "found nothing to tune in the editable files (model.py, notes.txt)" in message
+    assert "module-level UPPER_CASE numbers and numbers marked with a '# search:'" in message
+    # The example is the user's own number, with the comment that would make it a knob.
+    assert "model.py:1: lr = 0.04  # search: log 0.004..0.4" in message
+    assert 'program.md: search: {model.py: {lr: "log 0.004..0.4"}}' in message
     assert not (tmp_path / ".autoresearch").exists() or not any(
         (tmp_path / ".autoresearch").rglob("*.log")
     )
@@ -155,7 +157,7 @@ def test_no_constants_stops_with_a_message_that_says_what_it_looks_for(tmp_path)
 
 def test_frozen_only_file_is_fatal_too(tmp_path):
     (tmp_path / "train.py").write_text("SEED = 1  # search: off\n")
-    with pytest.raises(ProposerFatal, match="remove '# search: off'"):
+    with pytest.raises(ProposerFatal, match="1 number.s. are marked '# search: off'"):
         OptunaProposer().propose(make_ctx(tmp_path))
 
 

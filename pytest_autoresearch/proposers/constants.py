@@ -108,7 +108,7 @@ def hint_for(spec: Spec, constant: Constant) -> Hint:
     if spec.mode == "off":
         return Hint(None, frozen=True)
     if spec.mode == "auto":
-        return Hint(default_space(constant.value))
+        return Hint(None)  # the default range, fixed by the proposer when first seen
     assert spec.low is not None and spec.high is not None
     low, high = spec.low, spec.high
     if spec.kind is float and constant.integer:

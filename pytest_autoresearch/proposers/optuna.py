@@ -1,5 +1,8 @@
 """The built-in proposer: Optuna's TPE over the editable files' numeric constants.
 
+It tunes module-level UPPER_CASE numbers and every number marked with a ``# search:``
+comment or named by program.md's ``search:`` key (see ``constants``).
+
 Offline and keyless. Each proposal re-reads the constants (the tree holds the
 best commit's values), lets TPE pick new values for a few of them while the rest
 stay put, and rewrites just those literals. The study lives in
@@ -23,18 +26,24 @@ from pytest_autoresearch.proposers.base import (
 )
 from pytest_autoresearch.proposers.constants import (
     HINT_EXAMPLE,
+    WHERE_TUNABLE,
     Constant,
     HintError,
     Space,
+    Spec,
     default_space,
     find_constants,
     format_value,
     rewrite,
     round_float,
+    suggest_spec,
+    untuned,
 )
 
 if TYPE_CHECKING:
     import pytest
+
+    from pytest_autoresearch.program import Program
 
 STUDY_FILE = "optuna.log"
 STUDY_NAME = "autoresearch"
@@ -43,7 +52,7 @@ _MAX_ATTEMPTS = 20  # asks allowed to find a suggestion that changes at least on
 
 
 class OptunaProposer:
-    """Proposes new values for UPPER_CASE numeric constants with Optuna's TPE sampler."""
+    """Proposes new values for the numbers of the editable files with Optuna's TPE sampler."""
 
     name = "optuna"
 
@@ -96,6 +105,13 @@ class OptunaProposer:
                 "changed": [k for k, c in constants.items() if c in changes],
             },
         )
+
+    def preflight(self, root: Path, program: Program) -> str:
+        """Before any work: what will be tuned, in one line; ``ProposerFatal`` when nothing."""
+        found = scan(Path(root), program.editable_files(Path(root)), program)
+        names = [c.name for c in found]
+        more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+        return f"optuna tunes {len(names)} number(s): {', '.join(names[:8])}{more}"
 
     def repair(self, ctx: ProposalContext, failure: Failure) -> Proposal | None:
         """A crash means this corner of the space is bad: the study learns that, no repair."""
@@ -215,36 +231,93 @@ def build(config: pytest.Config) -> OptunaProposer:
 
 
 def _scan(ctx: ProposalContext) -> dict[str, Constant]:
-    """The tunable constants of the editable files, keyed by NAME (path:NAME when clashing)."""
+    """The tunable constants of the editable files, keyed by name (path:name when clashing)."""
+    found = scan(Path(ctx.root), ctx.editable_files, ctx.program)
+    names = [c.name for c in found]
+    return {(c.name if names.count(c.name) == 1 else f"{c.path}:{c.name}"): c for c in found}
+
+
+def scan(root: Path, editable_files: list[str], program: Program | None = None) -> list[Constant]:
+    """Every number the proposer would tune; ``ProposerFatal`` says what to add when none.
+
+    ``program.search`` (program.md's ``search:`` key) adds ranges for names that carry
+    no ``# search:`` comment.
+    """
+    declared: dict[str, dict[str, Spec]] = {}
+    for item in getattr(program, "search", None) or ():
+        declared.setdefault(item.path, {})[item.name] = item.spec
+    where = _search_key_place(program)
+    for relpath in declared:
+        if relpath not in editable_files or not relpath.endswith(".py"):
+            raise ProposerFatal(
+                f"{where}: search names {relpath}, which is not an editable Python file"
+            )
     found: list[Constant] = []
-    for relpath in ctx.editable_files:
+    examples: list[tuple[bytes, Constant]] = []
+    frozen = 0
+    for relpath in editable_files:
         if not relpath.endswith(".py"):
             continue
-        path = Path(ctx.root) / relpath
         try:
-            data = path.read_bytes()
+            data = (Path(root) / relpath).read_bytes()
         except OSError as exc:
             raise ProposerFatal(f"cannot read the editable file {relpath}: {exc}") from exc
         try:
-            found.extend(c for c in find_constants(data, relpath) if not _frozen(c))
+            constants = find_constants(data, relpath, declared.get(relpath))
         except SyntaxError as exc:
             raise ProposerFatal(
                 f"{relpath}:{exc.lineno}: cannot parse it to find constants ({exc.msg}); "
                 "fix the syntax error in the best commit"
             ) from None
         except HintError as exc:
-            raise ProposerFatal(str(exc)) from None
+            message = str(exc)
+            if relpath in declared and not message.startswith(f"{relpath}:"):
+                message = f"{where}: {message}"  # a name program.md declared, not a comment
+            elif relpath in declared and any(f"({n})" in message for n in declared[relpath]):
+                message = f"{message} (declared in {where})"
+            raise ProposerFatal(message) from None
+        found += [c for c in constants if not _frozen(c)]
+        frozen += sum(1 for c in constants if _frozen(c))
+        examples += [(data, c) for c in untuned(data, relpath)[: 2 - len(examples)]]
     if not found:
-        files = ", ".join(ctx.editable_files) or "(none)"
-        raise ProposerFatal(
-            f"the optuna proposer found no tunable constants in the editable files ({files}). "
-            "It tunes module-level UPPER_CASE names assigned an int or float literal once, "
-            f"e.g.  LR = 0.04  # learning rate. Add such constants (range hints: {HINT_EXAMPLE}), "
-            "remove '# search: off' from some, or use an LLM proposer "
-            "(--autoresearch-proposer anthropic)."
+        raise ProposerFatal(_nothing_to_tune(editable_files, examples, frozen))
+    return found
+
+
+def _search_key_place(program: Program | None) -> str:
+    path = getattr(program, "path", None) or "program.md"
+    line = (getattr(program, "lines", None) or {}).get("search")
+    return f"{path}:{line}" if line else str(path)
+
+
+def _nothing_to_tune(
+    editable_files: list[str], examples: list[tuple[bytes, Constant]], frozen: int
+) -> str:
+    """Say what the proposer tunes, shown on the user's own numbers when there are some."""
+    files = ", ".join(editable_files) or "(none)"
+    text = (
+        f"the optuna proposer found nothing to tune in the editable files ({files}). It tunes "
+        "module-level UPPER_CASE numbers and numbers marked with a '# search:' comment"
+    )
+    if examples:
+        shown = []
+        for data, c in examples:
+            raw = data.splitlines()[c.lineno - 1]
+            # The user's line as it is, less its comment (a '#' in a later string is rare).
+            line = (raw[: c.end] + raw[c.end :].split(b"#")[0]).decode("utf-8", "replace").strip()
+            shown.append(f"{c.where}: {line}  # search: {suggest_spec(c.value, c.text)}")
+        c = examples[0][1]
+        text += (
+            "; mark yours, e.g. "
+            + "; ".join(shown)
+            + f", or give the range in program.md: search: {{{c.path}: {{{c.name}: "
+            f'"{suggest_spec(c.value, c.text)}"}}}}'
         )
-    names = [c.name for c in found]
-    return {(c.name if names.count(c.name) == 1 else f"{c.path}:{c.name}"): c for c in found}
+    else:
+        text += f" ({HINT_EXAMPLE}); {WHERE_TUNABLE}"
+    if frozen:
+        text += f"; {frozen} number(s) are marked '# search: off'"
+    return text + ". Or use an LLM proposer (--autoresearch-proposer anthropic)."
 
 
 def _frozen(constant: Constant) -> bool:

@@ -88,7 +88,7 @@ class Spec:
 class Hint:
     """What a spec asked for one literal: a range, the default range, or ``frozen`` for ``off``."""
 
-    space: Space | None
+    space: Space | None  # None: the default range (``auto``), or nothing when frozen
     frozen: bool = False
 
 
