@@ -23,7 +23,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ KEYS: dict[str, str] = {
     "min_delta": "the smallest improvement worth keeping, in objective units (default 0)",
     "baseline_runs": "how many times the baseline is measured to estimate noise (default 3)",
     "context": "globs of read-only files an LLM proposer may view",
+    "sandbox": "run each evaluation isolated (own PID namespace, .git read-only); default on",
+    "network": "whether the experiment may use the network; default on (data loaders)",
     "search": "ranges for the optuna proposer, per file and name, e.g. "
     '{"train.py": {"learning_rate": "log 1e-5..1e-1"}} (docs/optuna-proposer.md)',
 }
@@ -56,6 +58,11 @@ _CONSTRAINT_RE = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_.\-]*)\s*(?P<op><=|>=|==|<|>)\s*(?P<bound>\S+)\s*$"
 )
 _SKIP_DIRS = {".git", ".hg", ".svn", ".autoresearch", "__pycache__"}
+# Protected whatever the globs say (compared casefolded: .GIT on a case-insensitive disk).
+_PROTECTED_PARTS = frozenset({".git", ".autoresearch"})
+_PROTECTED_NAMES = frozenset({"conftest.py", ".gitmodules", ".gitattributes"})
+# Paths standing for "anything inside", to tell a glob that reaches into them.
+_PROTECTED_PROBES = (".git/config", ".git/hooks/post-commit", ".autoresearch/t/results.tsv")
 
 
 class ProgramError(Exception):
@@ -103,20 +110,85 @@ class Program:
     baseline_runs: int = 3
     context: tuple[str, ...] = ()
     search: tuple[Any, ...] = ()  # proposers.search_spec.Declared: ranges for named numbers
+    sandbox: bool = True  # isolate each evaluation (read by the launcher)
+    network: bool = True  # the experiment may use the network
     instructions: str = ""
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     program_relpath: str | None = field(default=None, compare=False, repr=False)
+    # casefolded relative path -> why it is protected ("a metric test", "a guard", ...)
+    protected: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def is_editable(self, relpath: str) -> bool:
         """Whether a proposal may change ``relpath`` (posix, relative to the root)."""
         rel = _normalise(relpath)
-        if rel is None or rel == self.program_relpath:
+        if rel is None or self.protected_reason(rel) is not None:
             return False
         return any(glob_to_regex(g).match(rel) for g in self.editable)
 
     def editable_files(self, root: Path) -> list[str]:
         """The existing files the editable globs match, as sorted relative posix paths."""
-        return _expand(self.editable, Path(root), exclude=self.program_relpath)
+        found = _expand(self.editable, Path(root), exclude=self.program_relpath)
+        return [rel for rel in found if self.protected_reason(rel) is None]
+
+    def protected_reason(self, relpath: str) -> str | None:
+        """Why ``relpath`` stays protected whatever the globs say, or None."""
+        rel = _normalise(relpath)
+        if rel is None:
+            return "outside the rootdir"
+        folded = rel.casefold()
+        parts = folded.split("/")
+        if self.program_relpath is not None and folded == self.program_relpath.casefold():
+            return "the research program"
+        if _PROTECTED_PARTS.intersection(parts):
+            return "git's or the loop's own files"
+        if folded in self.protected:
+            return self.protected[folded]
+        if parts[-1] in _PROTECTED_NAMES:
+            return "a conftest file" if parts[-1] == "conftest.py" else "git configuration"
+        return None
+
+    def with_protected(self, paths: Iterable[str] | Mapping[str, str]) -> Program:
+        """A copy that also protects ``paths`` (relative posix; a mapping gives the reasons)."""
+        given = paths.items() if isinstance(paths, Mapping) else ((p, "protected") for p in paths)
+        extra = dict(self.protected)
+        for path, why in given:
+            rel = _normalise(str(path))
+            if rel is not None:
+                extra.setdefault(rel.casefold(), why)
+        return replace(self, protected=extra)
+
+    def glob_for(self, relpath: str) -> str | None:
+        """The first editable glob matching ``relpath``, as "the editable glob 'g' (where)"."""
+        rel = _normalise(relpath)
+        for g in self.editable if rel is not None else ():
+            if glob_to_regex(g).match(rel):
+                return f"the editable glob {g!r} ({self._where_key('editable')})"
+        return None
+
+    def protected_overlaps(self, root: Path) -> list[str]:
+        """One line per editable glob that covers a protected file (it stays protected)."""
+        out: list[str] = []
+        where = self._where_key("editable")
+        for g in self.editable:
+            pattern = glob_to_regex(g)
+            for top in dict.fromkeys(
+                p.split("/")[0] for p in _PROTECTED_PROBES if pattern.match(p)
+            ):
+                out.append(
+                    f"{where}: editable glob {g!r} reaches into {top} (git's or the loop's own "
+                    "files); they stay protected"
+                )
+            for rel in _expand([g], Path(root), exclude=None):
+                why = self.protected_reason(rel)
+                if why is not None:
+                    out.append(
+                        f"{where}: editable glob {g!r} covers {rel} ({why}); it stays protected"
+                    )
+        return out
+
+    def _where_key(self, key: str) -> str:
+        line = self.lines.get(key)
+        return f"{self.path.name} line {line}" if line else self.path.name
 
     def check_metrics(self, goals: Mapping[str, str]) -> None:
         """Fail clearly when the objective, holdout or a constraint names an unknown metric."""
@@ -332,13 +404,7 @@ def _build(
 
     program_rel = _relative_to(path, root)
     editable = _globs(data["editable"], "editable", fail)
-    for g in editable:
-        if program_rel is not None and _glob_re(g).match(program_rel):
-            raise fail(
-                "editable",
-                f"the editable glob {g!r} matches the program file {program_rel} itself",
-                "narrow the glob so the research program stays protected",
-            )
+    # A glob covering program.md is not an error: it stays protected (protected_overlaps).
     for g in editable:
         if not _expand([g], root, exclude=program_rel):
             raise fail(
@@ -406,6 +472,8 @@ def _build(
         baseline_runs=runs,
         context=context,
         search=_search(data.get("search"), editable, root, program_rel, fail),
+        sandbox=_flag(data, "sandbox", fail),
+        network=_flag(data, "network", fail),
         instructions=instructions,
         lines=lines,
         program_relpath=program_rel,
@@ -521,3 +589,10 @@ def _search(value: Any, editable: tuple[str, ...], root: Path, program_rel: Any,
         return parse_search(value, lambda rel: rel in _expand(editable, root, exclude=program_rel))
     except HintError as exc:
         raise fail("search", str(exc), f"write e.g. {SEARCH_EXAMPLE}") from None
+
+
+def _flag(data: dict[Any, Any], key: str, fail: Any) -> bool:
+    value = data.get(key, True)
+    if isinstance(value, bool):
+        return value
+    raise fail(key, f"{key} must be on or off, got {value!r}", f"write {key}: on (or {key}: off)")

@@ -114,7 +114,7 @@ def test_an_unknown_key_without_a_near_miss_lists_the_keys(root: Path) -> None:
         ("editable: ['nanochat/nope.py']\nobjective: l", 2, ["matches no file", "spelling"]),
         ("editable: ['/etc/passwd']\nobjective: l", 2, ["absolute", "relative to the rootdir"]),
         ("editable: ['../x.py']\nobjective: l", 2, ["leaves the rootdir", "'..'"]),
-        ("editable: ['*.md']\nobjective: l", 2, ["matches the program file program.md"]),
+        ("editable: ['*.md']\nobjective: l", 2, ["'*.md' matches no file"]),
         ("editable: ['nanochat\\\\train.py']\nobjective: l", 2, ["uses '\\'"]),
         ("objective: l", 3, ["'editable' is required"]),
         ("editable: [nanochat/train.py]", 3, ["'objective' is required"]),
@@ -218,3 +218,75 @@ def test_the_pure_modules_import_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- protected paths (issue 12, items 15 and 18) -----------------------------------------
+
+
+def test_protected_paths_stay_protected_whatever_the_globs_say(root: Path) -> None:
+    for rel in ("conftest.py", "nanochat/conftest.py", ".gitattributes", "nanochat/.gitmodules"):
+        (root / rel).write_text("x = 1\n")
+    p = load_program(write(root, "---\neditable: ['**']\nobjective: l\n---\n"), root)
+    assert any("covers program.md (the research program)" in x for x in p.protected_overlaps(root))
+    p = p.with_protected({"tests/test_model.py": "a metric test"})
+    assert p.is_editable("nanochat/train.py")
+    for rel in (
+        "conftest.py",
+        "nanochat/CONFTEST.PY",  # case-insensitive file systems (macOS, Windows)
+        ".git/hooks/post-commit",
+        ".GIT/config",
+        "sub/.Git/config",
+        ".autoresearch/t1/results.tsv",
+        ".AutoResearch/x",
+        "program.md",
+        "PROGRAM.MD",
+        ".gitattributes",
+        "nanochat/.gitmodules",
+        "tests/test_model.py",
+        "TESTS/Test_Model.py",
+    ):
+        assert not p.is_editable(rel), rel
+    assert "tests/test_model.py" not in p.editable_files(root)
+    assert "conftest.py" not in p.editable_files(root)
+    assert p.protected_reason("tests/test_model.py") == "a metric test"
+    assert p.protected_reason("nanochat/train.py") is None
+
+
+def test_globs_covering_protected_files_are_reported_with_their_line(root: Path) -> None:
+    (root / "nanochat" / "conftest.py").write_text("")
+    text = "---\nobjective: l\neditable: ['**/*.py', 'nanochat/train.py']\n---\n"
+    p = load_program(write(root, text), root).with_protected(
+        {"tests/test_model.py": "a metric test", "nanochat/train.py": "a guard"}
+    )
+    lines = p.protected_overlaps(root)
+    assert (
+        "program.md line 3: editable glob '**/*.py' covers tests/test_model.py (a metric test); "
+        "it stays protected"
+    ) in lines
+    assert any("covers nanochat/conftest.py (a conftest file)" in line for line in lines)
+    assert any("'nanochat/train.py' covers nanochat/train.py (a guard)" in line for line in lines)
+    assert p.glob_for("nanochat/model.py") == "the editable glob '**/*.py' (program.md line 3)"
+    narrow = load_program(
+        write(root, "---\neditable: [nanochat/model.py]\nobjective: l\n---\n"), root
+    )
+    assert narrow.protected_overlaps(root) == []
+
+
+def test_a_glob_reaching_into_git_is_reported(root: Path) -> None:
+    p = load_program(write(root, "---\neditable: ['**']\nobjective: l\n---\n"), root)
+    lines = p.protected_overlaps(root)
+    assert any("reaches into .git" in line for line in lines), lines
+    assert any("reaches into .autoresearch" in line for line in lines), lines
+
+
+def test_sandbox_and_network_are_on_by_default_and_take_on_off(root: Path) -> None:
+    base = "---\neditable: [nanochat/train.py]\nobjective: l\n"
+    p = load_program(write(root, base + "---\n"), root)
+    assert (p.sandbox, p.network) == (True, True)
+    p = load_program(write(root, base + "sandbox: off\nnetwork: false\n---\n"), root)
+    assert (p.sandbox, p.network) == (False, False)
+    e = error(root, base + "network: sometimes\n---\n")
+    assert str(e) == (
+        f"{root / 'program.md'}:4: network must be on or off, got 'sometimes'; "
+        "write network: on (or network: off)"
+    )
