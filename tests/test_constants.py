@@ -9,12 +9,16 @@ import pytest
 
 from pytest_autoresearch.proposers.constants import (
     Constant,
+    Hint,
     HintError,
     Space,
     default_space,
     find_constants,
     format_value,
+    parse_spec,
     rewrite,
+    suggest_spec,
+    untuned,
 )
 
 KARPATHY_BLOCK = '''"""Train a tiny model. Edit the hyperparameters below directly."""
@@ -250,3 +254,157 @@ def test_importing_constants_stays_light():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- knobs marked with '# search:' (lowercase names, class fields, dict values) ----------
+
+NANOGPT_STYLE = '''"""A nanoGPT-style config: lowercase module variables, a dataclass, a dict."""
+from dataclasses import dataclass, field
+
+out_dir = "out"
+learning_rate = 6e-4  # max learning rate; search: log 6e-5..6e-3
+max_iters = 5000      # search: int 1000..20000
+weight_decay = 1e-1   # search: auto
+beta2 = 0.95          # search: off
+min_lr = 6e-5         # no comment: left alone
+eval_interval = 250
+
+
+@dataclass
+class GPTConfig:
+    n_layer: int = 12           # search: int 2..24
+    dropout: float = 0.0        # search: 0.0..0.3
+    bias: bool = True           # search: 0..1 is prose on a bool: no number here
+    n_head: int = field(default=12)  # search: int 4..16
+    vocab_size: int = 50304
+
+
+optim = {
+    "lr": 3e-4,                 # search: log 1e-5..1e-2
+    "betas": {"beta1": 0.9},    # search: 0.8..0.99
+    "eps": 1e-8,
+}
+sched = dict(warmup=100,        # search: int log 10..1000
+             decay=0.1)
+'''
+
+
+def test_search_comments_make_any_module_level_number_a_knob():
+    found = constants_of(NANOGPT_STYLE)
+    assert list(found) == [
+        "learning_rate",
+        "max_iters",
+        "weight_decay",
+        "beta2",
+        "GPTConfig.n_layer",
+        "GPTConfig.dropout",
+        "GPTConfig.n_head",
+        "optim.lr",
+        "optim.betas.beta1",
+        "sched.warmup",
+    ]
+    assert found["learning_rate"].hint.space == Space(6e-5, 6e-3, True, False)
+    assert found["max_iters"].hint.space == Space(1000, 20000, False, True)
+    assert found["weight_decay"].hint == Hint(None)  # auto: the proposer's default range
+    assert found["beta2"].hint.frozen
+    assert found["GPTConfig.n_layer"].hint.space == Space(2, 24, False, True)
+    assert found["GPTConfig.n_head"].value == 12
+    assert found["optim.betas.beta1"].hint.space == Space(0.8, 0.99, False, False)
+    assert found["sched.warmup"].hint.space == Space(10, 1000, True, True)
+    # The numbers without a comment are offered as suggestions, not tuned.
+    assert [c.name for c in untuned(NANOGPT_STYLE, "train.py")] == [
+        "min_lr",
+        "eval_interval",
+        "GPTConfig.vocab_size",
+        "optim.eps",
+        "sched.decay",
+    ]
+
+
+def test_rewriting_knobs_keeps_every_other_byte():
+    source = NANOGPT_STYLE.encode()
+    found = constants_of(NANOGPT_STYLE)
+    changes = {
+        found["learning_rate"]: 1.234e-3,
+        found["GPTConfig.n_layer"]: 6,
+        found["GPTConfig.n_head"]: 8,
+        found["optim.lr"]: 2e-4,
+        found["optim.betas.beta1"]: 0.85,
+        found["sched.warmup"]: 400,
+    }
+    after = rewrite(source, changes).decode()
+    assert "learning_rate = 1.234e-3  # max learning rate; search: log 6e-5..6e-3" in after
+    assert "    n_layer: int = 6           # search: int 2..24" in after
+    assert "    n_head: int = field(default=8)  # search: int 4..16" in after
+    assert '    "lr": 2e-4,                 # search: log 1e-5..1e-2' in after
+    assert '    "betas": {"beta1": 0.85},    # search: 0.8..0.99' in after
+    assert "sched = dict(warmup=400,        # search: int log 10..1000" in after
+    changed = {c.lineno for c in changes}
+    pairs = zip(NANOGPT_STYLE.splitlines(), after.splitlines(), strict=True)
+    for n, (old, new) in enumerate(pairs, 1):
+        if n not in changed:
+            assert old == new
+    again = constants_of(after)
+    assert again["optim.lr"].value == 2e-4 and again["GPTConfig.n_layer"].value == 6
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def f():\n    lr = 0.1  # search: 0.01..1\n", r"t.py:2: this '# search:' comment is not"),
+        ("lr = 0.1  # search: 0.01..1\nlr = 0.2\n", r"t.py:1 \(lr\): lr is bound more than once"),
+        ("c = {'a': 1, 'b': 2}  # search: 1..3\n", r"t.py:1: one '# search:' comment for several"),
+        ("c = {'lr': 0.1}  # search: 0.01..1\nc['lr'] = 0.2\n", "c is changed later at module"),
+        ("mask = 0xFF  # search: 1..255\n", r"0xFF is a hex/octal/binary literal"),
+        ("class C:\n    x = 1  # search: 0..2\n    x = 2\n", r"C.x is bound more than once"),
+        ("lr = 0.1  # search: int 0..1\n", r"asks for an int but 0.1 is a float literal"),
+        (
+            "n = 4  # search: float 1..8\n",
+            r"asks for a float but 4 is an int literal; write n = 4.0",
+        ),
+        ("lr = 0.1  # search: 0.01..1 0.1..2\n", "has two ranges"),
+        ("lr = 0.1  # search: log\n", "it needs a LOW..HIGH range, auto or off"),
+    ],
+)
+def test_a_search_comment_that_cannot_apply_says_why(source, message):
+    with pytest.raises(HintError, match=message):
+        find_constants(source, "t.py")
+
+
+def test_prose_that_says_search_is_not_a_hint():
+    source = "def f():\n    x = 1  # search: binary search over the batch sizes\n"
+    assert find_constants(source, "t.py") == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["log 1e-5..1e-1", "1e-5..1e-1 log", "int 2..12", "int log 10 .. 1000", "-1..-0.5", "auto"],
+)
+def test_spec_words_go_in_any_order(spec):
+    parsed = parse_spec(spec)
+    assert parsed.mode in ("range", "auto")
+
+
+def test_declared_ranges_apply_to_names_without_comments_and_win_over_comments():
+    source = "min_lr = 6e-5\nlr = 0.1  # search: 0.01..1\nclass C:\n    n: int = 4\n"
+    declared = {
+        "min_lr": parse_spec("log 1e-6..1e-4"),
+        "lr": parse_spec("off"),
+        "C.n": parse_spec("int 1..8"),
+    }
+    found = {c.name: c for c in find_constants(source, "t.py", declared)}
+    assert found["min_lr"].hint.space == Space(1e-6, 1e-4, True, False)
+    assert found["lr"].hint.frozen
+    assert found["C.n"].hint.space == Space(1, 8, False, True)
+    with pytest.raises(
+        HintError, match=r"t.py has no tunable number called 'nope'.*it has: min_lr"
+    ):
+        find_constants(source, "t.py", {"nope": parse_spec("0..1")})
+
+
+@pytest.mark.parametrize(("value", "text"), [(6e-4, "6e-4"), (12, "12"), (0.95, "0.95"), (0, "0")])
+def test_suggested_specs_read_back_and_hold_the_value(value, text):
+    spec = suggest_spec(value, text)
+    constant = constants_of(f"x = {text}  # search: {spec}\n")["x"]
+    assert constant.hint.space.contains(value)
+    assert constant.hint.space.integer == isinstance(value, int)
