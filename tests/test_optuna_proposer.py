@@ -320,3 +320,119 @@ def test_build_reads_the_seed_option(pytester):
     # Without the research plugin the option is missing: build still works, unseeded.
     pytester.makeini("[pytest]\n")
     assert build(pytester.parseconfig("-p", "no:autoresearch")).seed is None
+
+
+# -- knobs beyond UPPER_CASE: '# search:' comments and program.md's search: key -----------
+
+NANOGPT = '''"""nanoGPT-style: lowercase config, a dataclass, a dict of optimiser settings."""
+from dataclasses import dataclass
+
+learning_rate = 6e-4  # max learning rate; search: log 6e-5..6e-3
+max_iters = 5000      # search: int 1000..20000
+min_lr = 6e-5         # decays to this
+grad_clip = 1.0
+
+
+@dataclass
+class GPTConfig:
+    n_layer: int = 12   # search: int 2..24
+    dropout: float = 0.0
+
+
+optim = {
+    "lr": 3e-4,         # search: log 1e-5..1e-2
+    "eps": 1e-8,
+}
+'''
+
+
+def program_for(root: Path, search: str = ""):
+    from pytest_autoresearch.program import parse_program
+
+    text = f'---\neditable: ["train.py"]\nobjective: loss\n{search}---\n'
+    (root / "program.md").write_text(text)
+    return parse_program(text, root / "program.md", root)
+
+
+def program_ctx(root: Path, program, experiment: int = 1, best: float = 1.0) -> ProposalContext:
+    ctx = make_ctx(root, best=best, experiment=experiment)
+    ctx.program = program
+    return ctx
+
+
+def test_lowercase_knobs_class_fields_and_dict_values_are_tuned_in_place(tmp_path):
+    train = tmp_path / "train.py"
+    train.write_text(NANOGPT)
+    program = program_for(tmp_path, "search:\n  train.py:\n    GPTConfig.dropout: 0.0..0.3\n")
+    proposer = OptunaProposer(seed=4)
+    assert proposer.preflight(tmp_path, program) == (
+        "optuna tunes 5 number(s): learning_rate, max_iters, GPTConfig.n_layer, "
+        "GPTConfig.dropout, optim.lr"
+    )
+    seen: dict[str, set] = {}
+    for i in range(25):
+        ctx = program_ctx(tmp_path, program, experiment=i + 1)
+        proposal = proposer.propose(ctx)
+        after = train.read_text()
+        before_lines, after_lines = NANOGPT.splitlines(), after.splitlines()
+        assert len(before_lines) == len(after_lines)
+        for old, new in zip(before_lines, after_lines, strict=True):
+            if old != new:
+                # Only the number moved: the text before it and the comment after it stay.
+                assert (
+                    old.split("=")[0] == new.split("=")[0] or old.split(":")[0] == new.split(":")[0]
+                )
+                assert old.partition("#")[2] == new.partition("#")[2]
+        assert set(proposal.params) == {
+            "learning_rate",
+            "max_iters",
+            "GPTConfig.n_layer",
+            "GPTConfig.dropout",
+            "optim.lr",
+        }
+        for name, value in proposal.params.items():
+            seen.setdefault(name, set()).add(value)
+        assert 6e-5 <= proposal.params["learning_rate"] <= 6e-3
+        assert 0.0 <= proposal.params["GPTConfig.dropout"] <= 0.3
+        assert isinstance(proposal.params["GPTConfig.n_layer"], int)
+        # min_lr, grad_clip and eps carry no comment and no declaration: never touched.
+        assert "min_lr = 6e-5 " in after and "grad_clip = 1.0" in after and '"eps": 1e-8' in after
+        proposer.observe(ctx, proposal, Outcome("discard", 1.0 + i / 100, "worse"))
+        train.write_text(NANOGPT)
+    assert all(len(values) >= 3 for values in seen.values()), seen
+
+
+def test_a_declared_name_that_is_missing_points_at_program_md(tmp_path):
+    (tmp_path / "train.py").write_text(NANOGPT)
+    program = program_for(tmp_path, "search:\n  train.py:\n    learning_rte: log 1e-5..1e-2\n")
+    with pytest.raises(ProposerFatal) as excinfo:
+        OptunaProposer().preflight(tmp_path, program)
+    message = str(excinfo.value)
+    assert message.startswith(f"{tmp_path / 'program.md'}:4: train.py has no tunable number")
+    assert "'learning_rte'" in message and "it has: learning_rate, max_iters, min_lr" in message
+    # A declared range the value does not fit names both places.
+    program = program_for(tmp_path, "search:\n  train.py:\n    min_lr: 0.1..1\n")
+    with pytest.raises(
+        ProposerFatal,
+        match=r"train.py:6 \(min_lr\): the value 6e-5 lies outside.*"
+        r"\(declared in .*program.md:4\)",
+    ):
+        OptunaProposer().preflight(tmp_path, program)
+
+
+def test_nothing_to_tune_is_said_at_preflight_with_an_example_from_the_users_file(tmp_path):
+    (tmp_path / "train.py").write_text(NANOGPT.replace("search:", "range"))
+    program = program_for(tmp_path)
+    with pytest.raises(ProposerFatal) as excinfo:
+        OptunaProposer().preflight(tmp_path, program)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert "found nothing to tune in the editable files (train.py)" in message
+    assert (
+        "e.g. train.py:4: learning_rate = 6e-4  # search: log 6e-5..6e-3; "
+        "train.py:5: max_iters = 5000  # search: int log 2500..10000"
+    ) in message
+    assert 'program.md: search: {train.py: {learning_rate: "log 6e-5..6e-3"}}' in message
+    # Following the advice works.
+    program = program_for(tmp_path, 'search: {train.py: {learning_rate: "log 6e-5..6e-3"}}\n')
+    assert OptunaProposer().preflight(tmp_path, program).endswith(": learning_rate")
