@@ -277,7 +277,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     config = session.config
     if not config.getoption("autoresearch") or config.option.collectonly:
         return None
-    if os.environ.get("AUTORESEARCH_WORKER"):
+    if os.environ.get("AUTORESEARCH_EVAL"):
         # An evaluation subprocess (e.g. --autoresearch in PYTEST_ADDOPTS): run tests, no loop.
         return None
     from pytest_autoresearch.session import run_research_session
