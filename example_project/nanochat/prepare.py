@@ -9,16 +9,23 @@ The research loop never edits this file. It owns everything the metric depends o
 the corpus and its train / validation / holdout splits, the BPE tokenizer, the
 sequence length, the time budget, and `evaluate_bpb`, the number that decides.
 
-Contract with train.py: it defines `GPTConfig` (a dataclass) and `GPT(config)`, an
-nn.Module whose forward(idx) returns logits of shape (B, T, vocab_size), and saves
-{"config": asdict(config), "state_dict": ...} with torch.save. The harness loads that
-checkpoint, checks the model is causal, and scores it itself.
+Contract with train.py: it trains a model whose forward(idx) returns logits of shape
+(B, T, vocab_size) and saves it with `save_model`, which exports the forward as a graph of
+ATen operators (nanochat/graph.py). The scorer loads only that graph, never train.py, checks
+the model is causal, and scores it itself: nothing train.py does can reach the number.
+
+Budgets: the GPU profile trains for a wall-clock budget, like autoresearch (on a dedicated
+GPU time is what is scarce, and it is steady). The CPU profile trains for a fixed budget of
+model FLOPs with a fixed thread count and seeded data, so the same code gives the same
+val_bpb to the last digit on an idle or a loaded machine (wall clock on shared cores moves
+by several percent, and the loop could not tell a change from the load).
 
 Environment:
     NANOCHAT_PROFILE      cpu | gpu       (default: cpu)
     NANOCHAT_DATA         stdlib | tinyshakespeare | tinystories   (default: stdlib, offline)
     NANOCHAT_CACHE        cache directory (default: ~/.cache/nanochat-autoresearch)
-    NANOCHAT_TIME_BUDGET  seconds; overrides the profile's budget for smoke runs only
+    NANOCHAT_TIME_BUDGET  seconds of wall clock: replaces the profile's budget (smoke runs)
+    NANOCHAT_FLOP_BUDGET  model FLOPs: replaces the profile's budget (smoke runs, tests)
 """
 
 from __future__ import annotations
@@ -68,7 +75,9 @@ class Profile:
     name: str
     vocab_size: int  # including the BOS token
     seq_len: int
-    time_budget: float  # seconds of training, not counting compilation
+    time_budget: float | None  # seconds of training, not counting compilation...
+    train_flops: float | None  # ...or model FLOPs of training (forward + backward): one is set
+    threads: int | None  # CPU threads, fixed so that float sums split the same way every run
     eval_tokens: int  # tokens scored per split
     corpus_bytes: int  # text used, all splits together
     tokenizer_bytes: int  # training text the BPE learns its merges from
@@ -84,14 +93,16 @@ PROFILES = {
         name="cpu",
         vocab_size=512,
         seq_len=128,
-        time_budget=15.0,
+        time_budget=None,
+        train_flops=4e11,
+        threads=2,
         eval_tokens=16384,
         corpus_bytes=3_000_000,
         tokenizer_bytes=300_000,
         depth_scale=0.25,
         batch_scale=0.25,
         eval_batch_size=64,
-        max_eval_seconds=60.0,
+        max_eval_seconds=120.0,
     ),
     # The real thing: one GPU, five minutes, as in autoresearch.
     "gpu": Profile(
@@ -99,6 +110,8 @@ PROFILES = {
         vocab_size=8192,
         seq_len=2048,
         time_budget=300.0,
+        train_flops=None,
+        threads=None,
         eval_tokens=10 * 2**20,
         corpus_bytes=400_000_000,
         tokenizer_bytes=4_000_000,
@@ -128,18 +141,54 @@ def get_profile(name: str | None = None) -> Profile:
     return PROFILES[name]
 
 
-def time_budget(profile: Profile) -> float:
-    """The training budget in seconds; NANOCHAT_TIME_BUDGET overrides it for smoke runs."""
-    raw = os.environ.get("NANOCHAT_TIME_BUDGET")
+@dataclass(frozen=True)
+class Budget:
+    """How long training runs: `amount` seconds of wall clock, or `amount` model FLOPs."""
+
+    kind: str  # "time" | "flops"
+    amount: float
+
+    def progress(self, seconds: float, flops: float) -> float:
+        """The share of the budget used so far (training ends at 1.0)."""
+        return (seconds if self.kind == "time" else flops) / self.amount
+
+    def describe(self) -> str:
+        return f"{self.amount:.0f}s" if self.kind == "time" else f"{self.amount:.3g} FLOPs"
+
+
+def _positive_env(name: str) -> float | None:
+    raw = os.environ.get(name)
     if not raw:
-        return profile.time_budget
+        return None
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if not (value > 0 and math.isfinite(value)):
-        raise PrepareError(f"NANOCHAT_TIME_BUDGET={raw!r} is not a positive number of seconds")
+        raise PrepareError(f"{name}={raw!r} is not a positive number")
     return value
+
+
+def training_budget(profile: Profile) -> Budget:
+    """The profile's budget; NANOCHAT_TIME_BUDGET or NANOCHAT_FLOP_BUDGET replace it."""
+    seconds, flops = _positive_env("NANOCHAT_TIME_BUDGET"), _positive_env("NANOCHAT_FLOP_BUDGET")
+    if seconds and flops:
+        raise PrepareError("set NANOCHAT_TIME_BUDGET or NANOCHAT_FLOP_BUDGET, not both")
+    if seconds:
+        return Budget("time", seconds)
+    if flops:
+        return Budget("flops", flops)
+    if profile.train_flops:
+        return Budget("flops", profile.train_flops)
+    return Budget("time", float(profile.time_budget))
+
+
+def set_threads(profile: Profile, device: str) -> None:
+    """A fixed CPU thread count: a float sum split over other threads rounds differently."""
+    import torch
+
+    if device == "cpu" and profile.threads:
+        torch.set_num_threads(profile.threads)
 
 
 def cache_dir() -> Path:
@@ -527,32 +576,49 @@ def eval_windows(data: Data, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:])
 
 
-def load_model(path: str | Path, device: str = "cpu"):
-    """Rebuild the model train.py saved: GPT(GPTConfig(**config)) with its state dict."""
+def eval_input(profile: Profile, device: str = "cpu"):
+    """A batch shaped like the ones evaluate_bpb feeds: the shape a saved graph is fixed to."""
     import torch
 
-    from nanochat import train
+    return torch.zeros(profile.eval_batch_size, profile.seq_len, dtype=torch.long, device=device)
 
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(ckpt, dict) or {"config", "state_dict"} - ckpt.keys():
-        raise EvaluationError(
-            f"{path} is not a nanochat checkpoint: expected a dict with 'config' and 'state_dict'"
-        )
-    model = train.GPT(train.GPTConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval()
+
+def save_model(model, path: str | Path, profile: Profile, device: str = "cpu") -> None:
+    """Export the trained model as a graph of ATen operators (no Python code) for scoring."""
+    from nanochat import graph
+
+    graph.save(model, eval_input(profile, device), path)
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """The saved graph, ready to score. Imports nothing of train.py, runs no code of it."""
+    from nanochat import graph
+
+    try:
+        return graph.load(path, device)
+    except graph.GraphError as exc:
+        raise EvaluationError(str(exc)) from exc
+
+
+def _padded(x, batch_size: int):
+    """x with its last row repeated up to batch_size rows: saved graphs have a fixed shape."""
+    import torch
+
+    if x.size(0) == batch_size:
+        return x
+    return torch.cat([x, x[-1:].expand(batch_size - x.size(0), -1)])
 
 
 def _check_causal(model, x, vocab_size: int) -> None:
     """Changing the last token must not change any earlier prediction."""
     import torch
 
-    probe = x[:1].clone()
+    probe = x.clone()
     changed = probe.clone()
-    changed[0, -1] = (changed[0, -1] + 1) % (vocab_size - 1)
+    changed[:, -1] = (changed[:, -1] + 1) % (vocab_size - 1)
     with torch.no_grad():
-        a = model(probe).float()[0, :-1]
-        b = model(changed).float()[0, :-1]
+        a = model(probe).float()[:, :-1]
+        b = model(changed).float()[:, :-1]
     if not torch.allclose(a, b, atol=1e-3, rtol=1e-3):
         raise EvaluationError(
             "the model's earlier predictions change when a later token changes: it looks at "
@@ -565,7 +631,8 @@ def evaluate_bpb(model, data: Data, split: str = "val", device: str = "cpu") -> 
     import torch
     import torch.nn.functional as F
 
-    T, V = data.profile.seq_len, data.profile.vocab_size
+    T, V, B = data.profile.seq_len, data.profile.vocab_size, data.profile.eval_batch_size
+    set_threads(data.profile, device)
     x_np, y_np = eval_windows(data, split)
     x_all, y_all = torch.from_numpy(x_np), torch.from_numpy(y_np)
     nbytes = torch.from_numpy(token_byte_lengths(data))
@@ -574,16 +641,16 @@ def evaluate_bpb(model, data: Data, split: str = "val", device: str = "cpu") -> 
     total_nats, total_bytes = 0.0, 0
     model.eval()
     with torch.no_grad(), autocast:
-        _check_causal(model, x_all.to(device), V)
-        for i in range(0, n_windows, data.profile.eval_batch_size):
-            x = x_all[i : i + data.profile.eval_batch_size].to(device)
-            y = y_all[i : i + data.profile.eval_batch_size].to(device)
-            logits = model(x)
-            if tuple(logits.shape) != (x.shape[0], T, V):
+        _check_causal(model, _padded(x_all[:B], B).to(device), V)
+        for i in range(0, n_windows, B):
+            y = y_all[i : i + B].to(device)
+            logits = model(_padded(x_all[i : i + B], B).to(device))
+            if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (B, T, V):
+                shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else logits
                 raise EvaluationError(
-                    f"the model returned logits of shape {tuple(logits.shape)}, "
-                    f"expected {(x.shape[0], T, V)}"
+                    f"the model returned logits of shape {shape}, expected {(B, T, V)}"
                 )
+            logits = logits[: y.size(0)]
             nats = F.cross_entropy(logits.float().reshape(-1, V), y.reshape(-1), reduction="none")
             b = nbytes.to(device)[y.reshape(-1)]
             total_nats += float((nats * (b > 0)).sum())

@@ -1,14 +1,14 @@
 """
-Train a small GPT for a fixed wall-clock budget, then save it for the harness to score.
+Train a small GPT for a fixed budget, then export it for the harness to score.
 
 Usage:
     python -m nanochat.train --out model.pt [--stats stats.json]
     NANOCHAT_PROFILE=gpu python -m nanochat.train --out model.pt
 
 This is the one file the research loop edits: model, optimizer, training loop and the
-hyperparameters below. The harness (prepare.py) owns the data, the tokenizer, the time
-budget and the evaluation; the number that counts is what `prepare.evaluate_bpb` says
-about the saved model, not what this script prints.
+hyperparameters below. The harness (prepare.py) owns the data, the tokenizer, the budget
+(model FLOPs on CPU, wall clock on GPU) and the evaluation; the number that counts is what
+`prepare.evaluate_bpb` says about the exported model, not what this script prints.
 
 The recipe follows the best small-LM trainers (nanochat, modded-nanogpt, autoresearch):
 rotary embeddings, QK-norm, ReLU^2 MLP, zero-initialised output projections, a logit
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from nanochat import prepare
 
@@ -262,33 +262,35 @@ def make_config(profile: prepare.Profile) -> GPTConfig:
 
 
 def flops_per_token(model: GPT) -> float:
-    """Forward + backward FLOPs per token: 6 per weight, plus attention's T-dependent part."""
+    """Forward + backward FLOPs per token by hand: 6 per weight, plus attention's T-dependent
+    part (12 * layers * width * T, the causal mask not discounted, as autoresearch counts)."""
     c = model.config
     n_matmul = sum(p.numel() for p in model.parameters()) - model.wte.weight.numel()
     return 6 * n_matmul + 12 * c.n_layer * c.n_embd * c.seq_len
 
 
-def save_atomic(obj, path: str) -> None:
-    """torch.save to a temp file, then rename: the harness never sees half a checkpoint."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def count_step_flops(config: GPTConfig, batch_size: int) -> float:
+    """Forward + backward FLOPs of one batch, counted by PyTorch on a shape-only (meta) copy:
+    right for any architecture written here, and costs no compute."""
+    with torch.device("meta"):
+        model = GPT(config)
+        x = torch.zeros(batch_size, config.seq_len, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        model(x).float().sum().backward()
+    return float(counter.get_total_flops())
 
 
 def train(out: str, stats_path: str | None) -> dict:
     """Train for the profile's time budget and save the model; returns the run's stats."""
     t_start = time.time()
     profile = prepare.get_profile()
-    budget = prepare.time_budget(profile)
+    budget = prepare.training_budget(profile)
     if profile.name == "gpu" and not torch.cuda.is_available():
         sys.exit("the gpu profile needs a CUDA device; use NANOCHAT_PROFILE=cpu on this machine")
     device = "cuda" if profile.name == "gpu" else "cpu"
     torch.manual_seed(SEED)
-    if device == "cpu":
-        # One thread per core we may use; beyond a few, a model this small only waits on sync.
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, min(8, cores or 1)))
-    else:
+    prepare.set_threads(profile, device)  # fixed on CPU: the same sums, the same result
+    if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats()
     data = prepare.load_data(profile)
@@ -303,10 +305,12 @@ def train(out: str, stats_path: str | None) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     batch_size = max(1, round(DEVICE_BATCH_SIZE * profile.batch_scale))
     loader = prepare.batches(data, batch_size, device, seed=SEED)
-    untimed_steps = 10 if device == "cuda" else 1  # compilation and allocator warm-up
+    step_flops = count_step_flops(config, batch_size)
+    # Compilation and allocator warm-up are not timed; a FLOP budget counts every step.
+    untimed_steps = 10 if device == "cuda" else 1
     print(
         f"profile {profile.name} on {device}: {asdict(config)}, batch {batch_size}, "
-        f"{num_params / 1e6:.2f}M params, budget {budget:.0f}s"
+        f"{num_params / 1e6:.2f}M params, budget {budget.describe()}"
     )
 
     step, training_time, smooth_loss = 0, 0.0, 0.0
@@ -317,7 +321,7 @@ def train(out: str, stats_path: str | None) -> dict:
             logits = step_model(x)
         loss = F.cross_entropy(logits.float().view(-1, config.vocab_size), y.reshape(-1))
         loss.backward()
-        lrm = lr_multiplier(training_time / budget)
+        lrm = lr_multiplier(budget.progress(training_time, step * step_flops))
         for opt in optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["initial_lr"] * lrm
@@ -327,30 +331,34 @@ def train(out: str, stats_path: str | None) -> dict:
         if not math.isfinite(loss_value) or loss_value > 100:
             print(f"step {step}: loss is {loss_value}; aborting (fast fail)", file=sys.stderr)
             sys.exit(1)
-        if step >= untimed_steps:
+        if step >= untimed_steps or budget.kind == "flops":
             training_time += time.time() - t0
         smooth_loss = loss_value if step == 0 else 0.9 * smooth_loss + 0.1 * loss_value
         step += 1
+        progress = budget.progress(training_time, step * step_flops)
         if step % 20 == 0:
             print(
                 f"step {step:5d} | loss {smooth_loss:.4f} | lrm {lrm:.2f} | "
-                f"{training_time:5.1f}/{budget:.0f}s"
+                f"{training_time:5.1f}s | {100 * progress:5.1f}% of budget"
             )
-        if training_time >= budget:
+        if progress >= 1.0:
             break
 
-    save_atomic({"config": asdict(config), "state_dict": model.state_dict()}, out)
-    timed_tokens = (step - untimed_steps) * batch_size * config.seq_len
-    tokens_per_s = timed_tokens / max(training_time, 1e-9)
+    prepare.save_model(model, out, profile, device)
+    timed_steps = step - untimed_steps if budget.kind == "time" else step
+    tokens_per_s = timed_steps * batch_size * config.seq_len / max(training_time, 1e-9)
     stats = {
         "profile": profile.name,
         "device": device,
-        "time_budget": budget,
+        "budget_kind": budget.kind,
+        "budget": budget.amount,
         "training_seconds": round(training_time, 3),
         "total_seconds": round(time.time() - t_start, 3),
         "num_steps": step,
+        "train_flops": step * step_flops,
         "tokens_per_s": tokens_per_s,
-        "mfu": tokens_per_s * flops_per_token(model) / prepare.peak_flops(device),
+        # Model FLOPs utilisation: counted FLOPs (== flops_per_token, tested) over the peak.
+        "mfu": timed_steps * step_flops / max(training_time, 1e-9) / prepare.peak_flops(device),
         "peak_vram_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else 0.0,
         "num_params_m": num_params / 1e6,
         "depth": config.n_layer,
@@ -366,7 +374,7 @@ def train(out: str, stats_path: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train for the time budget; save the model.")
+    parser = argparse.ArgumentParser(description="Train for the budget; export the model.")
     parser.add_argument("--out", required=True, help="where to save the checkpoint")
     parser.add_argument("--stats", default=None, help="where to write run statistics (JSON)")
     args = parser.parse_args(argv)
