@@ -36,9 +36,11 @@ def _finite(x: Any) -> bool:
 
 
 def _decimals(noise: Any, value: Any) -> int:
-    """Enough decimals to show the noise's first digits (as the terminal summary does)."""
+    """Enough decimals to show the noise's first digit (as the terminal summary does)."""
     if _finite(noise) and noise > 0:
-        return max(0, min(10, 1 - math.floor(math.log10(noise))))
+        exp = math.floor(math.log10(noise))
+        lead = noise / 10**exp  # ±0.0012 keeps a second digit, ±0.004 does not
+        return max(0, min(10, -exp + (1 if lead < 2.95 else 0)))
     if _finite(value) and value != 0:
         return max(0, min(10, 3 - math.floor(math.log10(abs(value)))))
     return 4
