@@ -7,6 +7,8 @@ format_line(rec, *, objective=None, noise=None, eta_seconds=None) -> str
 format_duration(seconds) -> str          "312s", "25m00s", "2h05m"
 eta_seconds(durations, remaining) -> float | None     mean duration x experiments left
 summary_lines(records, result) -> list[str]
+    ends with what was learned (learned.learned_lines: per-parameter best value and effect,
+    LLM ideas grouped); report.md gets the full "What was learned" section
     ``result``: the loop's LoopResult (read by attribute: objective, goal, baseline, best,
     sigma, kept, done, stop_reason, branch, record_dir, holdout, holdout_baseline,
     holdout_best, holdout_goal (default: the objective's goal), cost)
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch.journal import scrub
+from pytest_autoresearch.learned import learned_lines, learned_markdown
 
 __all__ = [
     "eta_seconds",
@@ -157,6 +160,7 @@ def summary_lines(records: Sequence[dict[str, Any]], result: Any) -> list[str]:
     if get("record_dir"):
         lines.append(f"record: {get('record_dir')}")
     lines += _holdout_lines(result, goal, baseline, best)
+    lines += learned_lines(records, goal, dec)
     cost = get("cost")
     usd = getattr(cost, "usd", None) if cost is not None else None
     if isinstance(cost, dict):
@@ -222,6 +226,7 @@ def write_report(
                 f"{_delta(r, dec)} | {_md(r.get('description', ''))} |"
             )
         out.append("")
+    out += learned_markdown(records, goal, dec)
     out += [
         "## All experiments",
         "",

@@ -140,3 +140,139 @@ def test_reports_never_show_a_key(tmp_path: Path) -> None:
     assert key not in format_line(r, objective="val_bpb")
     write_report(tmp_path, [r], result())
     assert key not in (tmp_path / "report.md").read_text()
+
+
+# -- what was learned -------------------------------------------------------------------
+
+
+def tuned(index: int, status: str, value: float | None, before: float, params: dict, desc: str):
+    out = rec(index, status, value, before, params=params, description=desc, proposer="optuna")
+    out["improvement"] = None if value is None else before - value
+    return out
+
+
+SHORT_RUN = [
+    tuned(1, "discard", 1.02, 1.00, {"LR": 0.08, "DEPTH": 4}, "LR 0.04 -> 0.08"),
+    tuned(2, "keep", 0.97, 1.00, {"LR": 0.04, "DEPTH": 6}, "DEPTH 4 -> 6"),
+    tuned(3, "discard", 1.10, 0.97, {"LR": 0.01, "DEPTH": 6}, "LR 0.04 -> 0.01"),
+    tuned(4, "crash", None, 0.97, {"LR": 0.04, "DEPTH": 12}, "DEPTH 6 -> 12"),
+]
+
+
+def test_a_short_tuned_run_shows_each_parameter_without_importances() -> None:
+    lines = summary_lines(SHORT_RUN, result(baseline=1.0, best=0.97, sigma=0.01))
+    start = lines.index("parameters (best value; objective change when it moved):")
+    # Most moving first; the change is the objective minus the best at the time.
+    assert lines[start + 1 : start + 3] == [
+        "  LR 0.04 (unchanged)  +0.020 .. +0.130 over 2",
+        "  DEPTH 4 -> 6  -0.030 .. -0.030 over 1",
+    ]
+    assert not any(line.startswith("ideas") for line in lines)
+
+
+def toy_tuning_records(n: int) -> list[dict]:
+    """A tuned run where the objective depends strongly on LR and not at all on WD."""
+    import random
+
+    rng = random.Random(0)
+    best, config, records = 1.0, {"LR": 0.04, "WD": 0.1, "DEPTH": 4}, []
+    for index in range(1, n + 1):
+        params = dict(config)
+        for name in rng.sample(sorted(config), rng.randint(1, 2)):
+            params[name] = (
+                rng.randint(2, 8) if name == "DEPTH" else round(rng.uniform(0.01, 0.2), 4)
+            )
+        value = 0.9 + 100 * (params["LR"] - 0.06) ** 2 + 0.001 * params["DEPTH"]
+        desc = ", ".join(
+            f"{k} {config[k]} -> {params[k]}" for k in params if params[k] != config[k]
+        )
+        status = "keep" if value < best - 0.005 else "discard"
+        records.append(tuned(index, status, value, best, params, desc or "LR 0.04 -> 0.04"))
+        if status == "keep":
+            best, config = value, params
+    return records
+
+
+def test_enough_trials_bring_optunas_importances_to_the_summary_and_report(tmp_path) -> None:
+    records = toy_tuning_records(40)
+    lines = summary_lines(records, result(baseline=1.0, best=min(r["objective"] for r in records)))
+    head = lines.index("parameters (best value; importance over 40 trials):")
+    first = lines[head + 1]
+    assert first.startswith("  LR 0.04 -> 0.05")  # the knob that matters comes first
+    share = int(first.split("  ")[2].rstrip("%"))
+    assert share >= 50
+    write_report(tmp_path, records, result())
+    text = (tmp_path / "report.md").read_text()
+    assert "## What was learned" in text and "### Parameters" in text
+    assert "| `LR` | 0.04 -> 0.05" in text
+    assert "over the 40 experiments with a value" in text
+    # Deterministic: the terminal and report.md agree, run after run.
+    assert summary_lines(records, result()) == summary_lines(records, result())
+
+
+LLM_RUN = [
+    rec(
+        1,
+        "discard",
+        1.01,
+        1.0,
+        description="Increase the learning rate to 0.05",
+        diff="--- a/train.py\n+++ b/train.py\n@@\n-LR\n+LR\n",
+    ),
+    rec(
+        2,
+        "keep",
+        0.98,
+        1.0,
+        description="increase learning rate warmup",
+        diff="--- a/train.py\n+++ b/train.py\n",
+        improvement=0.02,
+    ),
+    rec(
+        3,
+        "crash",
+        None,
+        0.98,
+        description="Swap ReLU for GELU in the MLP",
+        diff="--- a/model.py\n+++ b/model.py\n",
+        reason="NaN",
+    ),
+    rec(
+        4,
+        "discard",
+        0.99,
+        0.98,
+        description="swap relu for squared relu",
+        diff="--- a/model.py\n+++ b/model.py\n",
+        improvement=-0.01,
+    ),
+    rec(5, "error", None, 0.98, description="", reason="API overloaded"),
+]
+
+
+def test_llm_runs_group_experiments_by_idea(tmp_path) -> None:
+    lines = summary_lines(LLM_RUN, result(baseline=1.0, best=0.98, sigma=0.005))
+    assert (
+        "ideas (by first words): 'increase learning' 2 tried/1 kept, "
+        "'swap relu' 2 tried/0 kept" in lines
+    )
+    assert not any(line.startswith("parameters") for line in lines)
+    write_report(tmp_path, LLM_RUN, result(baseline=1.0, best=0.98, sigma=0.005))
+    text = (tmp_path / "report.md").read_text()
+    assert "| increase learning | 2 (#1, #2) | 1 | 0 | +0.020 | `train.py` |" in text
+    assert "| swap relu | 2 (#3, #4) | 0 | 1 | -0.010 | `model.py` |" in text
+
+
+def test_few_records_never_import_optuna() -> None:
+    code = (
+        "import sys\n"
+        "from types import SimpleNamespace as NS\n"
+        "from pytest_autoresearch.report import summary_lines\n"
+        "recs = [{'index': i, 'status': 'discard', 'objective': 1.0 + i, 'best_before': 1.0,\n"
+        "         'params': {'A': i, 'B': 2 * i}, 'description': f'A {i-1} -> {i}'}\n"
+        "        for i in range(1, 10)]\n"
+        "lines = summary_lines(recs, NS(objective='x', goal='min', baseline=1.0, best=1.0))\n"
+        "assert any(l.startswith('parameters') for l in lines), lines\n"
+        "assert 'optuna' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
