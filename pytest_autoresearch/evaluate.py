@@ -2,31 +2,46 @@
 
 ``evaluate(root, metric_args, guard_args, timeout)`` returns an ``Evaluation``; a crash,
 a timeout, a NaN or a failed guard is an outcome, never an exception. Numbers come only
-from the JSON file the worker-side plugin writes (``--metrics-json``), never from the
-output. The child runs in its own session (process group) and the whole group is
-killed at the timeout, grandchildren included; it gets no API keys or tokens.
+from the metrics document the worker-side plugin sends once over an inherited pipe with a
+per-run nonce (``channel.py``), never from the output, and never from a file the measured
+code could rewrite afterwards. The child is started by a launcher (``isolation.py``: its own
+PID/mount namespace where the system allows, else plain), in its own process group, and the
+whole group is killed at the timeout, grandchildren included; it gets no API keys or tokens.
+Its ``-n``/``--dist`` from addopts are overridden (``-n 0``), ``--ff``/``--lf``/``--sw`` work,
+and its cache goes to a throwaway folder under ``tmp_root``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
+import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
+
+from pytest_autoresearch.secrets import is_secret_name, scrub, secret_values, without_secrets
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from pytest_autoresearch.channel import ResultChannel
+    from pytest_autoresearch.isolation import Launcher
+
+__all__ = ["Evaluation", "MetricValue", "TestResult", "cleanup_stale", "evaluate", "scrub"]
+__all__ += ["child_environment", "is_secret_name", "read_metrics_json"]
 
 TAIL_LINES = 60
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
-WORKER_ENV = "AUTORESEARCH_WORKER"
+EVAL_ENV = "AUTORESEARCH_EVAL"  # set in every evaluation; research_plugin runs no loop there
+TMP_PREFIX = "eval-"
 
 
 @dataclass
@@ -74,27 +89,40 @@ def evaluate(
     guard_args: Sequence[str],
     timeout: float | None,
     *,
+    launcher: Launcher | None = None,
     env: Mapping[str, str] | None = None,
     required: Sequence[str] = (),
     extra_args: Sequence[str] = (),
+    tmp_root: Path | str | None = None,
 ) -> Evaluation:
     """Run ``pytest <metric_args> <guard_args>`` in ``root`` in a fresh process, killed at timeout.
 
+    ``launcher``: how the process is started (``isolation.make_launcher``); None is plain.
     ``required``: metric names that must have a value (e.g. the objective), else "crash".
+    ``tmp_root``: where the log and the cache go (a folder the child cannot see, ideally);
+    a system temp folder when None. Leftovers of a killed run: ``cleanup_stale(tmp_root)``.
     """
-    tmp = Path(tempfile.mkdtemp(prefix="autoresearch-eval-"))
-    metrics_path = tmp / "metrics.json"
+    from pytest_autoresearch.channel import ResultChannel
+    from pytest_autoresearch.isolation import plain_launcher
+
+    tmp = _make_tmp(tmp_root)
     log_path = tmp / "output.log"
+    channel = ResultChannel()
     cmd = [
-        sys.executable, "-m", "pytest", "-p", "autoresearch",
-        "--metrics-json", str(metrics_path), "-q", "-p", "no:cacheprovider",
+        sys.executable, "-m", "pytest", "-p", "autoresearch", channel.argument, "-q",
+        # A throwaway cache: --ff/--lf/--sw from addopts work, and nothing lands in the repo.
+        "-o", f"cache_dir={tmp / 'cache'}",
         *extra_args, *metric_args, *guard_args,
     ]  # fmt: skip
     base = dict(os.environ if env is None else env)
-    secrets = [v for k, v in base.items() if is_secret_name(k) and len(v) >= 6]
-    child_env = child_environment(base)
+    secrets = secret_values(base)
     try:
-        returncode, duration, timed_out = _run(cmd, Path(root), child_env, log_path, timeout)
+        # The parent opens the log: under an isolated tmp_root the child cannot see its path.
+        with open(log_path, "wb") as log:
+            returncode, duration, timed_out = _run(
+                launcher or plain_launcher(), cmd, Path(root), child_environment(base), log,
+                channel, timeout,
+            )  # fmt: skip
         tail = scrub(_tail(log_path), secrets)
         if timed_out:
             return Evaluation(
@@ -104,74 +132,86 @@ def evaluate(
                 log_tail=tail,
                 reason=f"timed out after {timeout:g}s",
             )
-        return _interpret(metrics_path, returncode, duration, tail, required, secrets)
+        data, problem = channel.result()
+        return _interpret(data, problem, returncode, duration, tail, required, secrets)
     finally:
-        for path in (metrics_path, log_path):
-            path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            tmp.rmdir()
-
-
-# -- secrets ----------------------------------------------------------------------------
-
-_SECRET_NAME = re.compile(
-    r"(API_?KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|(^|_)TOKEN($|_)|(^|_)AUTH($|_)|_KEY$"
-    r"|^ANTHROPIC_|^OPENAI_)",
-    re.IGNORECASE,
-)
-_SECRET_TEXT = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{12,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
-    r"|xox[abposr]-[A-Za-z0-9\-]{10,}|hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}"
-    r"|(?i:bearer)\s+[A-Za-z0-9._\-]{12,})"
-)
-
-
-def is_secret_name(name: str) -> bool:
-    """True for environment variable names that hold keys, tokens or passwords."""
-    return bool(_SECRET_NAME.search(name))
+        channel.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def child_environment(base: Mapping[str, str]) -> dict[str, str]:
-    """The worker's environment: ``base`` minus secrets, plus the worker marker."""
-    env = {k: v for k, v in base.items() if not is_secret_name(k)}
-    env[WORKER_ENV] = "1"
+    """The evaluation's environment: ``base`` without secrets, plus the evaluation marker."""
+    env = without_secrets(base)
+    env[EVAL_ENV] = "1"
     return env
 
 
-def scrub(text: str, secrets: Sequence[str] = ()) -> str:
-    """Replace known secret values and key-shaped strings with ``***``."""
-    for value in sorted(set(secrets), key=len, reverse=True):
-        text = text.replace(value, "***")
-    return _SECRET_TEXT.sub("***", text)
+def _make_tmp(tmp_root: Path | str | None) -> Path:
+    """A fresh folder named after this process, so ``cleanup_stale`` knows whose it is."""
+    parent, prefix = _tmp_place(tmp_root)
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def _tmp_place(tmp_root: Path | str | None) -> tuple[Path, str]:
+    if tmp_root is None:
+        return Path(tempfile.gettempdir()), "autoresearch-" + TMP_PREFIX
+    return Path(tmp_root), TMP_PREFIX
+
+
+def cleanup_stale(tmp_root: Path | str | None = None) -> int:
+    """Remove evaluation folders left by processes that are gone (a kill -9); how many."""
+    parent, prefix = _tmp_place(tmp_root)
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return 0
+    removed = 0
+    for path in entries:
+        pid = path.name.removeprefix(prefix).split("-", 1)[0]
+        if not path.name.startswith(prefix) or not pid.isdigit() or not path.is_dir():
+            continue
+        if int(pid) != os.getpid() and _alive(int(pid)):
+            continue  # another run's evaluation, still going
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- the subprocess ---------------------------------------------------------------------
 
 
 def _run(
-    cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path, timeout: float | None
+    launcher: Launcher,
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    log: IO[bytes],
+    channel: ResultChannel,
+    timeout: float | None,
 ) -> tuple[int | None, float, bool]:
-    """Run ``cmd`` in its own session, output to ``log_path``; (returncode, seconds, timed out)."""
+    """Run ``cmd`` in its own process group, output to ``log``; (returncode, seconds, timed out)."""
     start = time.monotonic()
-    with open(log_path, "wb") as log:
-        # A file, not a pipe: a chatty training loop cannot block on a full pipe.
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        timed_out = False
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            # Also on Ctrl-C, and after a normal exit: no grandchild outlives its evaluation.
-            _kill_group(proc)
+    # A file, not a pipe, for the output: a chatty training loop cannot block on a full pipe.
+    proc = launcher.popen(cmd, cwd=cwd, env=env, stdout=log, pass_fds=channel.pass_fds)
+    channel.started()
+    timed_out = False
+    try:
+        timed_out = not channel.pump(proc, None if timeout is None else start + timeout)
+    finally:
+        # Also on Ctrl-C, and after a normal exit: no grandchild outlives its evaluation.
+        _kill_group(proc)
+        channel.drain()
     return proc.returncode, time.monotonic() - start, timed_out
 
 
@@ -229,18 +269,22 @@ def _tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = 64_000) -> str:
 
 
 def _interpret(
-    metrics_path: Path,
+    data: dict[str, Any] | None,
+    problem: str,
     returncode: int | None,
     duration: float,
     tail: str,
     required: Sequence[str],
     secrets: Sequence[str],
 ) -> Evaluation:
+    """The Evaluation for the worker's document (``data``), or for its absence (``problem``)."""
     ev = Evaluation(status="crash", duration=duration, returncode=returncode, log_tail=tail)
     try:
-        data = read_metrics_json(metrics_path)
+        if data is None:
+            raise ValueError(problem)
+        check_document(data)
     except ValueError as exc:
-        ev.reason = f"{exc} (pytest exit code {returncode}): {_error_line(tail)}"
+        ev.reason = scrub(f"{exc} (pytest exit code {returncode}): {_error_line(tail)}", secrets)
         return ev
     ev.metrics = {m.name: m for m in _metrics(data, secrets)}
     ev.tests = [_test(t, secrets) for t in data.get("tests") or []]
@@ -290,11 +334,16 @@ def read_metrics_json(path: Path) -> dict[str, Any]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"the metrics file is not valid JSON ({exc.msg})") from None
+    return check_document(data, "the metrics file")
+
+
+def check_document(data: Any, what: str = "the evaluation's results") -> dict[str, Any]:
+    """``data`` if it is a version-1 metrics document; ValueError says what is wrong."""
     if not isinstance(data, dict) or data.get("version") != 1:
         version = data.get("version") if isinstance(data, dict) else None
-        raise ValueError(f"the metrics file has version {version!r}, expected 1")
+        raise ValueError(f"{what} has version {version!r}, expected 1")
     if not isinstance(data.get("metrics"), list) or not isinstance(data.get("tests", []), list):
-        raise ValueError("the metrics file has no 'metrics' list")
+        raise ValueError(f"{what} has no 'metrics' list")
     return data
 
 

@@ -120,6 +120,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for dest, flag, type_, metavar, help_text in _OPTIONS:
         group.addoption(flag, dest=dest, type=type_, default=None, metavar=metavar, help=help_text)
         parser.addini(dest, f"default for {flag}", default=None)
+    # Internal: the research loop's evaluations report over inherited pipes (channel.py).
+    group.addoption("--autoresearch-channel", dest="autoresearch_channel", help=argparse.SUPPRESS)
+
+
+_CHANNEL_KEY = pytest.StashKey[Any]()
+
+
+def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) -> None:
+    """In an evaluation: take the results channel before any conftest or test module runs."""
+    spec = getattr(early_config.known_args_namespace, "autoresearch_channel", None)
+    if spec is None:
+        return
+    from pytest_autoresearch.channel import ChannelError, WorkerChannel
+
+    try:
+        early_config.stash[_CHANNEL_KEY] = WorkerChannel.open(spec)
+    except ChannelError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if hasattr(early_config.known_args_namespace, "numprocesses"):
+        args += ["-n", "0"]  # last wins over addopts: an evaluation never starts xdist workers
 
 
 @dataclass(frozen=True)
@@ -199,6 +219,8 @@ def pytest_configure(config: pytest.Config) -> None:
         except BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
     session = MetricsSession(config, settings, compare_data)
+    session.channel = config.stash.get(_CHANNEL_KEY, None)
+    session.track_tests = session.track_tests or session.channel is not None
     config.stash[_SESSION_KEY] = session
     config.pluginmanager.register(session, "autoresearch.metrics")
 
@@ -353,6 +375,7 @@ class MetricsSession:
         self.settings = settings
         self.compare_data = compare_data
         self.track_tests = settings.json_path is not None or settings.save is not None
+        self.channel: Any = None  # an evaluation's WorkerChannel (see pytest_configure)
         self.measurements: dict[str, Measurement] = {}
         self.tests: dict[str, dict[str, Any]] = {}
         self.problems: list[str] = []  # session-level errors (name collisions, write failures)
@@ -422,6 +445,8 @@ class MetricsSession:
             duration=time.perf_counter() - self.started,
             root=self.config.rootpath,
         )
+        if self.channel is not None:
+            self.channel.send(data)
         if settings.json_path is not None:
             try:
                 metrics_json.write(settings.json_path, data)

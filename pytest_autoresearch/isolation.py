@@ -1,0 +1,440 @@
+"""Launchers: how an evaluation's process is started, and what it can reach from there.
+
+Experiment code is hostile (DESIGN.md, threat model). On Linux each evaluation runs in its
+own PID namespace with a fresh ``/proc`` (no ancestor, so no ``/proc/<loop>/environ`` with
+the proposer's key), in its own mount namespace where the ``readonly`` paths (the
+repository's git dirs) are read-only and the ``hidden`` paths (the record) are covered by an
+empty tmpfs, and, with ``network: off``, in its own network namespace with only loopback.
+Nothing of it outlives the loop: the namespace's init dies with ``unshare`` (``--kill-child``),
+``unshare`` dies with the loop (PR_SET_PDEATHSIG), and the kernel kills every process left in
+a PID namespace when its init exits.
+
+It uses ``unshare`` from util-linux and a small bootstrap (``BOOT``, run by the namespace's
+init) that does the mounts, drops the capabilities that could undo them, then runs pytest as
+its only child and exits with it. Where that does not work (macOS, a container that forbids
+namespaces) the plain launcher runs the command as it is and ``describe()`` says so.
+
+API::
+
+    IsolationSpec(sandbox=True, network=True, readonly=(), hidden=())
+    IsolationError                       a requested isolation cannot be had (says what to do)
+    make_launcher(spec) -> Launcher      probes once per process and spec what works here
+    plain_launcher() -> Launcher         no isolation (the default of evaluate())
+    Launcher.name                        "namespaces" | "plain"
+    Launcher.describe() -> str           one line for the start of a session
+    Launcher.popen(cmd, *, cwd, env, stdout, pass_fds=()) -> subprocess.Popen
+    git_paths(root) -> tuple[Path, ...]  the repository's git dir(s): the usual ``readonly``
+    for_research(root, record_dir, sandbox=, network=) -> Launcher   what the session uses
+
+See docs/isolation.md for what is isolated, how, and what remains possible.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+DOCS = "docs/isolation.md"
+PROBE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class IsolationSpec:
+    """What an evaluation should be kept from."""
+
+    sandbox: bool = True  # program.md `sandbox: off` opts out
+    network: bool = True  # program.md `network: off` blocks it (loopback only)
+    readonly: tuple[Path, ...] = ()  # e.g. the repository's git dir(s): read-only
+    hidden: tuple[Path, ...] = ()  # e.g. the record dir .autoresearch/<tag>: not visible
+
+
+class IsolationError(Exception):
+    """A requested isolation cannot be had here; the message says what to do."""
+
+
+class Launcher(Protocol):
+    """Starts an evaluation's command; ``describe()`` is the line printed at session start."""
+
+    name: str
+
+    def describe(self) -> str: ...
+
+    def popen(
+        self,
+        cmd: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        stdout: int | IO,
+        pass_fds: tuple[int, ...] = (),
+    ) -> subprocess.Popen: ...
+
+
+# -- the launchers ----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has the child SIGKILLed when this process dies (Linux), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _popen(
+    cmd: list[str], cwd: Path, env: dict[str, str], stdout: int | IO, pass_fds: tuple[int, ...]
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        pass_fds=pass_fds,
+        start_new_session=True,  # its own process group: the timeout kill takes all of it
+        preexec_fn=_die_with_parent(),
+    )
+
+
+class PlainLauncher:
+    """The command as it is, in its own process group; isolation only by what evaluate strips."""
+
+    name = "plain"
+
+    def __init__(self, line: str = "isolation: none (plain subprocess)") -> None:
+        self._line = line
+
+    def describe(self) -> str:
+        return self._line
+
+    def popen(
+        self,
+        cmd: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        stdout: int | IO,
+        pass_fds: tuple[int, ...] = (),
+    ) -> subprocess.Popen:
+        return _popen(list(cmd), Path(cwd), env, stdout, tuple(pass_fds))
+
+
+class NamespaceLauncher:
+    """``unshare`` + the bootstrap: own PID/mount (and maybe network) namespace per evaluation."""
+
+    name = "namespaces"
+
+    def __init__(self, prefix: list[str], boot_spec: dict, line: str) -> None:
+        self._prefix = prefix  # unshare and its flags, up to "--"
+        self._boot_spec = boot_spec
+        self._line = line
+
+    def describe(self) -> str:
+        return self._line
+
+    def command(self, cmd: list[str], *, probe: bool = False) -> list[str]:
+        spec = dict(self._boot_spec, probe=probe)
+        boot = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(spec)]
+        return [*self._prefix, *boot, *cmd]
+
+    def popen(
+        self,
+        cmd: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        stdout: int | IO,
+        pass_fds: tuple[int, ...] = (),
+    ) -> subprocess.Popen:
+        return _popen(self.command(list(cmd)), Path(cwd), env, stdout, tuple(pass_fds))
+
+
+def plain_launcher() -> PlainLauncher:
+    """No isolation: what ``evaluate()`` uses when it is given no launcher."""
+    return PlainLauncher()
+
+
+# -- choosing one -----------------------------------------------------------------------------
+
+_CACHE: dict[IsolationSpec, PlainLauncher | NamespaceLauncher] = {}
+
+# Capabilities that could undo the mounts or reach around them: SYS_ADMIN (umount, remount
+# rw, setns), DAC_READ_SEARCH (open_by_handle_at), SYS_MODULE, SYS_RAWIO, SYS_PTRACE,
+# MKNOD, SYS_BOOT, NET_ADMIN (after loopback is up), PERFMON, BPF, CHECKPOINT_RESTORE, and
+# SETPCAP last (it is what lets the bounding set shrink).
+DROP_CAPS = (21, 2, 16, 17, 19, 27, 22, 12, 38, 39, 40, 8)
+
+
+def make_launcher(spec: IsolationSpec) -> PlainLauncher | NamespaceLauncher:
+    """The strongest launcher that honours ``spec`` here; probed once per process and spec."""
+    found = _CACHE.get(spec)
+    if found is None:
+        found = _CACHE[spec] = _choose(spec)
+    return found
+
+
+def _choose(spec: IsolationSpec) -> PlainLauncher | NamespaceLauncher:
+    if not spec.sandbox and spec.network:
+        return PlainLauncher(
+            "isolation: off (sandbox: off in program.md) - experiment code can read this "
+            f"process's environment through /proc, write .git and the record; see {DOCS}"
+        )
+    why_not = _namespaces_unavailable()
+    launcher = None
+    if why_not is None:
+        launcher, why_not = _probe(spec)
+    if launcher is not None:
+        return launcher
+    if not spec.network:
+        raise IsolationError(
+            f"program.md says network: off, but this system cannot block it ({why_not}); "
+            "remove network: off, or run where user namespaces are allowed (Linux; see "
+            f"{DOCS})"
+        )
+    return PlainLauncher(
+        f"isolation: NONE on this system ({why_not}) - experiment code can read this "
+        f"process's environment through /proc, write .git and the record, and outlive a "
+        f"killed run; see {DOCS}"
+    )
+
+
+def _namespaces_unavailable() -> str | None:
+    if sys.platform == "darwin":
+        return "macOS has no namespaces"
+    if not sys.platform.startswith("linux"):
+        return f"{sys.platform} has no Linux namespaces"
+    if shutil.which("unshare") is None:
+        return "util-linux's unshare is not installed"
+    return None
+
+
+def _attempts(spec: IsolationSpec) -> list[tuple[list[str], bool]]:
+    """unshare command lines to try, best first: (prefix, in a user namespace)."""
+    unshare = shutil.which("unshare") or "unshare"
+    inner = ["--pid", "--fork", "--kill-child", "--mount", "--mount-proc"] if spec.sandbox else []
+    if not spec.network:
+        inner.append("--net")
+    if not spec.sandbox:
+        inner += ["--fork", "--kill-child"]
+    # A user namespace first, also for root: capabilities inside it count for nothing outside
+    # it (open_by_handle_at, raw devices); plain root without one is the fallback.
+    out = [([unshare, "--user", "--map-root-user", *inner, "--"], True)]
+    if os.geteuid() == 0:
+        out.append(([unshare, *inner, "--"], False))
+    return out
+
+
+def _probe(spec: IsolationSpec) -> tuple[NamespaceLauncher | None, str]:
+    boot_spec = {
+        "readonly": [str(Path(p).absolute()) for p in spec.readonly],
+        "hidden": [str(Path(p).absolute()) for p in spec.hidden],
+        "lo": not spec.network,
+        "pid": spec.sandbox,
+        "drop": list(DROP_CAPS),
+    }
+    why_not = "unshare failed"
+    for prefix, userns in _attempts(spec):
+        launcher = NamespaceLauncher(prefix, boot_spec, _line(spec, userns))
+        try:
+            done = subprocess.run(
+                launcher.command([], probe=True),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=PROBE_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            why_not = f"unshare failed: {exc}"
+            continue
+        if done.returncode == 0:
+            return launcher, ""
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        why_not = lines[-1] if lines else f"unshare exited with {done.returncode}"
+    return None, why_not
+
+
+def _short(path: Path) -> str:
+    try:
+        return str(Path(path).absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _line(spec: IsolationSpec, userns: bool) -> str:
+    parts = []
+    if spec.sandbox:
+        how = "unshare" + (", user namespace" if userns else "")
+        parts.append(f"own PID and mount namespace ({how})")
+        if spec.readonly:
+            parts.append(", ".join(_short(p) for p in spec.readonly) + " read-only")
+        if spec.hidden:
+            parts.append(", ".join(_short(p) for p in spec.hidden) + " hidden")
+    else:
+        parts.append("sandbox off (program.md)")
+    if spec.network:
+        parts.append("network allowed")
+    else:
+        parts.append("network blocked (own network namespace, loopback only)")
+    return "isolation: " + "; ".join(parts)
+
+
+def for_research(
+    root: Path, record_dir: Path, *, sandbox: bool = True, network: bool = True
+) -> PlainLauncher | NamespaceLauncher:
+    """The research session's launcher: git dirs read-only, the record hidden."""
+    Path(record_dir).mkdir(parents=True, exist_ok=True)  # hidden only if it exists
+    spec = IsolationSpec(
+        sandbox=sandbox, network=network, readonly=git_paths(root), hidden=(Path(record_dir),)
+    )
+    return make_launcher(spec)
+
+
+def git_paths(root: Path) -> tuple[Path, ...]:
+    """The repository's git dir and common dir (and a worktree's ``.git`` file), absolute."""
+    root = Path(root)
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--absolute-git-dir", "--git-common-dir"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    if done.returncode != 0:
+        return ()
+    found: list[Path] = []
+    dot_git = root / ".git"
+    if dot_git.is_file():  # a linked worktree: the file says where its git dir is
+        found.append(dot_git.absolute())
+    for line in done.stdout.splitlines():
+        path = Path(line.strip())
+        path = (path if path.is_absolute() else root / path).resolve()
+        if line.strip() and path not in found:
+            found.append(path)
+    return tuple(found)
+
+
+# -- the bootstrap: the namespace's init ----------------------------------------------------
+# Run as ``python -I -S -c BOOT <spec json> <cmd...>`` by unshare, as PID 1 of the new PID
+# namespace. Stdlib only, nothing from this package: it must start fast and cannot be
+# influenced by the project's sys.path.
+
+BOOT = r"""
+import ctypes, json, os, signal, sys
+spec = json.loads(sys.argv[1])
+cmd = sys.argv[2:]
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                       ctypes.c_char_p)
+
+def fail(what):
+    err = ctypes.get_errno()
+    sys.stderr.write("autoresearch isolation: cannot %s: %s\n" % (what, os.strerror(err)))
+    sys.stderr.flush()
+    os._exit(125)
+
+def mount(src, target, fstype, flags, data, what):
+    enc = lambda s: None if s is None else os.fsencode(s)
+    if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
+        fail("%s %s" % (what, target))
+
+MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_RELATIME = 2, 4, 32, 4096, 16384, 1 << 21
+for path in spec["hidden"]:
+    if os.path.isdir(path):
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=700,size=256m", "hide")
+    elif os.path.lexists(path):
+        mount("/dev/null", path, None, MS_BIND, None, "hide")
+for path in spec["readonly"]:
+    if not os.path.lexists(path):
+        continue
+    mount(path, path, None, MS_BIND | MS_REC, None, "bind")
+    # A remount must keep the flags a user namespace locked (nosuid, nodev, noexec, atime).
+    st = os.statvfs(path).f_flag
+    kept = (st & (2 | 4 | 8 | 16 | 64 | 1024 | 2048)) | (MS_RELATIME if st & 4096 else 0)
+    mount(None, path, None, MS_REMOUNT | MS_BIND | 1 | kept, None, "make read-only")
+if spec["lo"]:
+    import fcntl, socket, struct
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH22x", b"lo", 0))[:18])[1]
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1 | 0x40))
+    s.close()
+for cap in spec["drop"]:
+    if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP
+        fail("drop capability %d" % cap)
+libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
+
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+header, data = Header(0x20080522, 0), (Data * 2)()
+if libc.capget(ctypes.byref(header), data) == 0:
+    for cap in spec["drop"]:
+        word, bit = divmod(cap, 32)
+        if word < 2:
+            data[word].inheritable &= ~(1 << bit)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        fail("clear inheritable capabilities")
+if spec["probe"]:
+    if spec["pid"] and os.getpid() != 1:
+        sys.stderr.write("autoresearch isolation: not PID 1 in the new namespace\n")
+        os._exit(125)
+    os._exit(0)
+
+child = os.fork()
+if child == 0:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        sys.stderr.write("autoresearch isolation: cannot run %s: %s\n" % (cmd[0], exc))
+        os._exit(127)
+
+def forward(signum, frame):
+    try:
+        os.kill(child, signum)
+    except ProcessLookupError:
+        pass
+
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+    signal.signal(signum, forward)
+# Reap every orphan; when the command itself ends, so does the namespace: the kernel kills
+# whatever it left behind (a daemon, a sleeping grandchild) as this init exits.
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        os._exit(1)
+    if pid == child:
+        code = os.waitstatus_to_exitcode(status)
+        os._exit(code if code >= 0 else 128 - code)
+"""
