@@ -270,8 +270,9 @@ def _probe(spec: IsolationSpec) -> tuple[NamespaceLauncher | None, str]:
             continue
         if done.returncode == 0:
             return launcher, ""
-        lines = (done.stderr or done.stdout).strip().splitlines()
-        why_not = lines[-1] if lines else f"unshare exited with {done.returncode}"
+        lines = [ln for ln in (done.stderr or done.stdout).strip().splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.startswith("Try '")] or lines  # usage hint
+        why_not = lines[0].strip() if lines else f"unshare exited with {done.returncode}"
     return None, why_not
 
 
