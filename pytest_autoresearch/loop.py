@@ -317,6 +317,7 @@ class ResearchLoop:
         slowest = 0.0
         self.echo(f"measuring the baseline {runs} times to estimate the noise of {self.objective}")
         for i in range(runs):
+            before = self.repo.fingerprint()
             ev = self.evaluate(self.s.metric_args, self.program.guards, self.timeout)
             if ev.status != "ok" or not ev.guards_passed:
                 why = ev.reason or ("guards failed: " + ", ".join(ev.failed_guards))
@@ -324,6 +325,10 @@ class ResearchLoop:
                     f"the baseline run failed ({why}). Fix the unmodified code first; nothing "
                     f"was changed.\n--- last lines of its output ---\n{ev.log_tail}"
                 )
+            try:  # what the unchanged code writes is an output, not a later experiment's doing
+                self.repo.learn_baseline_outputs(before)
+            except Exception as exc:  # vcs.VcsError: the loop knows nothing of git
+                raise LoopError(f"the baseline run cannot be trusted: {exc}") from None
             if i == 0:
                 self.goals = {name: m.goal for name, m in ev.metrics.items()}
                 self.program.check_metrics(self.goals)
@@ -503,12 +508,13 @@ class ResearchLoop:
 
     def _evaluate_once(self, rec: dict, confirm: bool = False) -> None:
         """One evaluation of the candidate; adds its values to ``rec`` or raises _Failed."""
+        before = self.repo.fingerprint()  # what is measured must be what is kept
         ev = self.evaluate(self.s.metric_args, self.program.guards, self.timeout)
         rec["evaluations"].append(
             {"status": ev.status, "duration": round(ev.duration, 3), "confirm": confirm}
         )
         self._fault("confirmation" if confirm else "evaluation", rec["index"])
-        self._check_scope(rec, "evaluation")
+        self._check_scope(rec, "evaluation", since=before)
         if ev.status != "ok":
             raise _Failed(ev.status, ev.reason, ev.log_tail)
         objective = ev.metrics.get(self.objective)
@@ -544,10 +550,17 @@ class ResearchLoop:
             max_runs=decide.MAX_RUNS,
         )
 
-    def _check_scope(self, rec: dict, after: str) -> None:
-        """Reject the candidate when anything outside the editable files changed."""
+    def _check_scope(self, rec: dict, after: str, since: Any = None) -> None:
+        """Reject the candidate when anything outside the editable files changed.
+
+        ``since``: the repo's fingerprint from right before the evaluation, so that what
+        the evaluation itself wrote (an editable file rewritten at import, a planted
+        conftest.py, a changed data file) is caught too.
+        """
         outside = self.repo.out_of_scope(
-            self.program.is_editable, after="evaluation" if after == "evaluation" else "proposal"
+            self.program.is_editable,
+            after="evaluation" if after == "evaluation" else "proposal",
+            since=since,
         )
         if after != "evaluation":
             added, removed = self.repo.lines_changed()
@@ -556,9 +569,7 @@ class ResearchLoop:
             shown = ", ".join(outside[:5]) + (
                 f" and {len(outside) - 5} more" if len(outside) > 5 else ""
             )
-            raise _Failed(
-                "rejected", f"the {after} changed files outside the editable globs: {shown}"
-            )
+            raise _Failed("rejected", f"the {after} changed files it may not change: {shown}")
 
     def _discard(self, rec: dict, status: str) -> None:
         """Keep the candidate inspectable as a dangling commit (_finish restores the tree)."""

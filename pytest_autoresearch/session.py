@@ -57,6 +57,24 @@ def _load_program(config: pytest.Config):
         raise pytest.UsageError(str(exc)) from None
 
 
+def _protect_measurement(program: Any, session: pytest.Session, echo: Any) -> Any:
+    """Metric tests, guards and the ini file stay protected whatever the globs say."""
+    root = Path(session.config.rootpath)
+    why: dict[str, str] = {}
+    for item in session.items:
+        if item.get_closest_marker("metric") and item.path.is_relative_to(root):
+            why.setdefault(item.path.relative_to(root).as_posix(), "a metric test")
+    for guard in program.guards:
+        why.setdefault(guard.split("::", 1)[0].rstrip("/"), "a guard")
+    ini = session.config.inipath
+    if ini is not None and Path(ini).is_relative_to(root):
+        why.setdefault(Path(ini).relative_to(root).as_posix(), "pytest's configuration")
+    program = program.with_protected(why)
+    for line in program.protected_overlaps(root):
+        echo(line, yellow=True)
+    return program
+
+
 def _make_proposer(config: pytest.Config, echo) -> tuple[Any, str]:
     from pytest_autoresearch.proposers.base import ProposerFatal
 
@@ -175,6 +193,7 @@ def run_research_session(session: pytest.Session) -> None:
             "@metric(goal='min') (or the record_metric fixture), or check the paths, -k and -m "
             "you selected"
         )
+    program = _protect_measurement(program, session, echo)
     tag = config.getoption("autoresearch_tag") or research_plugin.default_tag()
     record_dir = root / ".autoresearch" / tag
     experiments = config.getoption("autoresearch_experiments")
@@ -186,10 +205,13 @@ def run_research_session(session: pytest.Session) -> None:
         try:
             state = journal.load()
             repo = ResearchRepo(root, tag, program.is_editable, record_dir=record_dir)
-            repo.start(in_flight=state.unfinished is not None or bool(state.decided))
+            info = repo.start(in_flight=state.unfinished is not None or bool(state.decided))
         except (VcsError, JournalError) as exc:
             proposer.close()
             raise pytest.UsageError(str(exc)) from None
+        if info.ignored_editable:  # a commit would silently drop them: never editable
+            program = program.with_protected(dict.fromkeys(info.ignored_editable, "ignored by git"))
+            echo(f"not editable, ignored by git: {', '.join(info.ignored_editable)}", yellow=True)
         echo(
             f"autoresearch {tag}: {experiments} experiments on branch {repo.branch}, "
             f"objective {program.objective}, {len(metric_ids)} metric test(s), "

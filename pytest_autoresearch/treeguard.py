@@ -67,6 +67,10 @@ class TreeGuard:
         )
         self.base: Fingerprint | None = None
         self.outputs: set[str] = set()  # files the unchanged code writes on every run
+        # Files seen changing while experiment code ran (or a proposal was made): only
+        # these are cleaned up. Anything else that changes (the loop's own log redirected
+        # into the tree, the user's editor) is not the experiment's doing and is left alone.
+        self.dirty: set[str] = set()
         self._saved: dict[str, str] = {}  # path -> backup file name
 
     # -- fingerprints -------------------------------------------------------------------
@@ -116,19 +120,23 @@ class TreeGuard:
         after: str,
         editable: Callable[[str], bool],
         visible: set[str],
+        watched: Callable[[str], bool] = lambda p: False,
     ) -> dict[str, str]:
         """What changed since ``ref`` that the rules forbid: path -> why.
 
-        ``visible``: paths git status reports (tracked changes, untracked files); after a
-        proposal those are judged by the status check, and only what git cannot see is
-        reported here. After an evaluation everything counts, except outputs: new non-code
-        files outside the editable set, and files the baseline showed the code rewrites.
+        After an evaluation everything counts, except outputs: new non-code files outside
+        the editable set, and files the baseline showed the code rewrites. After a proposal
+        (the proposer runs in the loop's own process, whose log may live in the tree) only
+        what git status cannot show (``visible``) and that could change a measurement is
+        reported: files ``watched`` says matter (ignored files the globs match, nested
+        repositories), new code files, git's own files and index flags.
         """
         bad: dict[str, str] = {}
         tracked = ref.tracked | now.tracked
         for c in fp.diff(ref.files, now.files):
             p = c.path
             if after == "evaluation":
+                self.dirty.add(p)
                 if p in self.outputs:
                     continue
                 if c.kind == "new":
@@ -138,9 +146,13 @@ class TreeGuard:
                         bad[p] = "new code file, written by the evaluation"
                     continue
                 bad[p] = f"{c.kind} by the evaluation"
-            elif p not in tracked and not _covered(p, visible):
-                where = "not tracked by git" if c.kind != "new" else "ignored by git"
-                bad[p] = f"{c.kind}, {where}"
+            elif (
+                p not in tracked
+                and not _covered(p, visible)
+                and (watched(p) or (c.kind == "new" and fp.is_code(p)))
+            ):
+                self.dirty.add(p)
+                bad[p] = f"{c.kind}, and git does not see it (ignored or nested)"
         for c in fp.diff(ref.git, now.git):
             if not self._is_own_git(c.path):  # HEAD and the research branch: vcs.py checks
                 bad[c.path] = f"git's own file, {c.kind} by the {after}"
@@ -179,6 +191,7 @@ class TreeGuard:
                 )
             else:
                 self.outputs.add(p)
+                self.dirty.add(p)
         for c in fp.diff(before.git, now.git):
             problems.append(
                 f"the metric tests change git's own file {c.path}; tests must not write into .git"
@@ -220,7 +233,8 @@ class TreeGuard:
             return []
         done, lost = [], []
         tracked = self.base.tracked | now.tracked
-        for c in fp.diff(self.base.files, now.files):
+        base = {p: k for p, k in self.base.files.items() if p in self.dirty}
+        for c in fp.diff(base, {p: k for p, k in now.files.items() if p in self.dirty}):
             p = c.path
             if p in tracked:
                 continue  # git's business: reset --hard and the status check

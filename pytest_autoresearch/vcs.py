@@ -332,7 +332,12 @@ class ResearchRepo:
             visible = {e.path for e in entries}
             seen = {b.split(" (", 1)[0] for b in bad}
             found = self.guard.changes(
-                ref, now, after=after, editable=self._editable, visible=visible
+                ref,
+                now,
+                after=after,
+                editable=self._editable,
+                visible=visible,
+                watched=self._watched,
             )
             for p, why in found.items():
                 if p not in now.tracked and p not in ref.tracked:
@@ -506,6 +511,13 @@ class ResearchRepo:
         ):
             return False  # a submodule or nested repository: its own git owns it
         return self.is_editable(rel)
+
+    def _watched(self, path: str) -> bool:
+        """Untracked files a proposal must not touch: what the globs match, nested repos."""
+        if path in self._excluded or self._editable(path):
+            return True
+        parts = path.split("/")
+        return any("/".join(parts[:i]) in self._nested for i in range(1, len(parts)))
 
     def _describe_editable(self, path: str) -> str:
         """Which editable glob covers ``path`` (and its line), when the Program can say."""

@@ -306,10 +306,11 @@ def test_test_outputs_outside_scope_are_accepted_then_removed(repo_dir: Path) ->
     repo = started(repo_dir)
     (repo_dir / "train.py").write_text("LR = 2\n")
     assert repo.out_of_scope() == []
+    before = repo.fingerprint()
     (repo_dir / "run.log").write_text("loss 1.0\n")  # written by the tests
     (repo_dir / "model" / "__pycache__").mkdir()
     (repo_dir / "model" / "__pycache__" / "layers.cpython-311.pyc").write_bytes(b"\0")
-    assert repo.out_of_scope(after="evaluation") == []
+    assert repo.out_of_scope(after="evaluation", since=before) == []
     assert repo.changed_files() == ["train.py"]
     repo.restore()
     assert not (repo_dir / "run.log").exists()  # outputs go when the experiment ends
