@@ -1,10 +1,11 @@
 """Checks of the editable trainer, run in their own process by tests/test_guards.py.
 
-Usage: python tests/trainer_checks.py RESULT.json MODEL_OUT
+Usage: python tests/trainer_checks.py RESULT.json
 
 train.py is imported here and only here: the pytest process that reports val_bpb never
 imports it, so nothing train.py does at import or at run time can reach the number. Each
-check writes "ok" or one line saying what broke into RESULT.json.
+check writes "ok" or one line saying what broke into RESULT.json. That training stops at
+its budget and exports a scorable model is the metric's own first check.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: share
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from nanochat import prepare  # noqa: E402
-
-TINY_BUDGET = 3e9  # model FLOPs: a couple of steps of the CPU profile's model
 
 
 def check_shapes_and_causality(train, data) -> None:
@@ -61,25 +60,14 @@ def check_a_few_steps_lower_the_loss(train, data) -> None:
     assert losses[-1] < losses[0] - 0.5, f"loss did not fall: {[round(v, 3) for v in losses]}"
 
 
-def check_training_stops_and_exports(train, data, out: str) -> None:
-    os.environ["NANOCHAT_FLOP_BUDGET"] = str(TINY_BUDGET)
-    os.environ.pop("NANOCHAT_TIME_BUDGET", None)
-    stats = train.train(out, None)
-    assert stats["train_flops"] >= TINY_BUDGET, stats
-    steps = stats["num_steps"]
-    assert steps <= 10, f"a {TINY_BUDGET:g}-FLOP budget took {steps} steps"
-    assert Path(out).is_file(), f"training saved nothing at {out}"
-
-
 CHECKS = {
     "shapes_and_causality": check_shapes_and_causality,
     "a_few_steps_lower_the_loss": check_a_few_steps_lower_the_loss,
-    "training_stops_and_exports": check_training_stops_and_exports,
 }
 
 
 def main(argv: list[str]) -> int:
-    result_path, model_out = argv
+    (result_path,) = argv
     data = prepare.load_data(prepare.get_profile("cpu"))
     results: dict[str, str] = {}
     try:
@@ -90,8 +78,7 @@ def main(argv: list[str]) -> int:
         train = None
     for name, check in CHECKS.items() if train else ():
         try:
-            extra = (model_out,) if name == "training_stops_and_exports" else ()
-            check(train, data, *extra)
+            check(train, data)
             results[name] = "ok"
         except BaseException as exc:  # SystemExit from train() included
             results[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]

@@ -1,0 +1,57 @@
+"""Helpers for the tests of the bundled nanochat example (example_project/).
+
+Each test works on its own copy of the example with a data cache shared by the session (the
+cache is built atomically, so copies never see half of one), offline, on the CPU profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
+METRIC_NODE = "tests/test_metric.py::test_train_cpu"
+SMALL_BUDGET = "6e10"  # model FLOPs: about 10 steps of the CPU profile, a few seconds
+
+
+def copy_example(dest: Path) -> Path:
+    """A private copy of example_project/ (without caches, results or checkpoints)."""
+    ignore = shutil.ignore_patterns("__pycache__", ".pytest_cache", ".autoresearch", "*.pt")
+    return Path(shutil.copytree(EXAMPLE, dest / "example_project", ignore=ignore))
+
+
+def shared_cache(tmp_path_factory) -> Path:
+    """One data cache per test session (per xdist worker)."""
+    return tmp_path_factory.getbasetemp() / "nanochat-cache"
+
+
+def example_env(cache: Path, project: Path | None = None, **extra: str) -> dict[str, str]:
+    """Offline corpus, the given cache, the CPU profile even where CUDA exists."""
+    env = dict(os.environ)
+    for key in ("NANOCHAT_PROFILE", "NANOCHAT_TIME_BUDGET", "NANOCHAT_FLOP_BUDGET",
+                "NANOCHAT_METRIC_FLOP_BUDGET", "PYTEST_ADDOPTS", "NANOCHAT_DATA"):  # fmt: skip
+        env.pop(key, None)
+    env.update(NANOCHAT_CACHE=str(cache), NANOCHAT_FORCE_CPU="1", OMP_WAIT_POLICY="PASSIVE")
+    if project is not None:
+        env["PYTHONPATH"] = str(project)
+    env.update(extra)
+    return env
+
+
+def run_session(project: Path, env: dict[str, str], out: Path, *args: str, timeout: float = 300):
+    """One pytest session of the example, as the research loop runs it; (process, report)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "autoresearch", f"--metrics-json={out}",
+         "-p", "no:cacheprovider", "-p", "no:randomly", "-q", *args],
+        cwd=project, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    report = json.loads(out.read_text()) if out.exists() else None
+    return proc, report
+
+
+def metric_values(report: dict) -> dict[str, float]:
+    return {m["name"]: m["value"] for m in report["metrics"]}
