@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -489,3 +490,53 @@ def test_bad_settings_stop_before_any_experiment(
     assert git(root, "branch", "--list", "autoresearch/*") == ""  # nothing started
     assert not (root / ".autoresearch" / "t1" / "experiments.jsonl").exists()
     assert "ghs_notTheRightOne" not in result.stdout.str() + result.stderr.str()
+
+
+# -- the ready-made workflows ---------------------------------------------------------------
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "docs" / "workflows"
+
+
+def pytest_commands(workflow: dict) -> list[list[str]]:
+    """The arguments of every ``python -m pytest`` a workflow's steps run."""
+    found = []
+    for job in workflow["jobs"].values():
+        for step_ in job["steps"]:
+            script = step_.get("run", "").replace("\\\n", " ")
+            for line in script.splitlines():
+                words = shlex.split(re.sub(r"\$\{\{[^}]*\}\}", "1", line.split("|")[0]))
+                if words[:3] == ["python", "-m", "pytest"]:
+                    found.append(words[3:])
+    return found
+
+
+def test_workflows_parse_and_run_only_options_that_exist(pytester: pytest.Pytester) -> None:
+    import yaml
+
+    files = sorted(WORKFLOWS.glob("*.yml"))
+    assert [f.name for f in files] == ["autoresearch-metrics.yml", "autoresearch-nightly.yml"]
+    seen = {}
+    for path in files:
+        workflow = yaml.safe_load(path.read_text())
+        assert workflow["name"] and workflow["jobs"], path
+        for job in workflow["jobs"].values():
+            for step_ in job["steps"]:
+                assert ("uses" in step_) != ("run" in step_), (path.name, step_)
+        for args in pytest_commands(workflow):
+            config = pytester.parseconfig(*args)  # an unknown option is a UsageError here
+            seen[path.name, args[0]] = config
+    nightly = seen["autoresearch-nightly.yml", "--autoresearch"]
+    assert nightly.getoption("autoresearch_experiments") == 200  # -n under --autoresearch
+    assert nightly.getoption("autoresearch_time_budget") == 5.5 * 3600
+    assert nightly.getoption("autoresearch_pr") is True
+    nightly_yaml = yaml.safe_load((WORKFLOWS / "autoresearch-nightly.yml").read_text())
+    job = nightly_yaml["jobs"]["research"]
+    assert job["timeout-minutes"] * 60 > nightly.getoption("autoresearch_time_budget")
+    steps = {s.get("name"): s for s in job["steps"]}
+    assert steps["Upload the record"]["if"] == "always()"
+    assert ".autoresearch/baselines" in steps["Restore data and baselines"]["with"]["path"]
+    assert steps["Research"]["env"]["GITHUB_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"
+    assert nightly_yaml["permissions"] == {"contents": "write", "pull-requests": "write"}
+    gate = seen["autoresearch-metrics.yml", "-m"]
+    assert gate.getoption("markexpr") == "metric"
+    assert gate.getoption("metrics_compare") == "main" and gate.getoption("metrics_fail") == 5.0
