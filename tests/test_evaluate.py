@@ -303,9 +303,7 @@ def test_child_environment_drops_secrets_and_proposer_config_and_marks_the_evalu
 
 def test_scrub_hides_known_values_and_key_shapes() -> None:
     text = f"key={SECRET} auth: Bearer abcdefghijklmnop123 {KEY_SHAPED} ghp_{'a' * 36} ok"
-    assert scrub(text, [SECRET]) == (
-        "key=[REDACTED] auth: [REDACTED] [REDACTED] [REDACTED] ok"
-    )
+    assert scrub(text, [SECRET]) == ("key=[REDACTED] auth: [REDACTED] [REDACTED] [REDACTED] ok")
 
 
 def _write(path: Path, data: object) -> Path:
@@ -366,3 +364,126 @@ def test_non_finite_values_in_the_file_are_not_values(tmp_path: Path) -> None:
     assert ev.status == "crash"
     assert ev.metrics["loss"].value is None
     assert ev.reason == "metric loss: returned inf"
+
+
+# -- the user's addopts (issue 12, item 16) ------------------------------------------------
+
+ADDOPTS_PROJECT = {
+    "test_metric.py": """
+        import os
+        from pytest_autoresearch import metric
+
+        @metric(goal="min")
+        def test_loss():
+            # In the evaluation's own process: no xdist worker ran it.
+            assert "PYTEST_XDIST_WORKER" not in os.environ
+            return 2.5
+    """,
+    "test_guard.py": """
+        def test_guard():
+            pass
+    """,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("ini", "env_addopts"),
+    [
+        ("-p xdist.plugin -n auto", ""),
+        ("-p xdist.plugin -n 4 --dist load", ""),
+        ("-p xdist.plugin", "-n 3"),
+        ("--ff", ""),
+        ("-p xdist.plugin --lf --sw -n 2", ""),
+    ],
+)
+def test_user_addopts_do_not_break_or_distribute_an_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ini: str, env_addopts: str
+) -> None:
+    # Autoload off (speed): xdist comes in through -p as addopts would bring it in.
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.setenv("PYTEST_ADDOPTS", env_addopts)
+    files = {**ADDOPTS_PROJECT, "pytest.ini": f"[pytest]\naddopts = {ini}\n"}
+    root = project(tmp_path / "proj", files)
+    tmp_root = tmp_path / "record" / "tmp"
+    ev = evaluate(root, ["test_metric.py"], ["test_guard.py"], 120, tmp_root=tmp_root)
+    assert (ev.status, ev.reason) == ("ok", ""), ev.log_tail
+    assert ev.metrics["loss"].value == 2.5 and ev.guards_passed
+    assert "gw0" not in ev.log_tail and "workers" not in ev.log_tail, ev.log_tail
+    assert not (root / ".pytest_cache").exists()
+    assert list(tmp_root.iterdir()) == []  # the log and the throwaway cache are gone
+
+
+# -- isolated evaluations, temp folders ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_isolated_evaluation_reports_through_the_hidden_record(tmp_path: Path) -> None:
+    from pytest_autoresearch.isolation import for_research
+
+    root = project(tmp_path / "proj", ADDOPTS_PROJECT)
+    (root / ".git").mkdir()  # read-only inside; an empty one is enough here
+    record = root / ".autoresearch" / "t1"
+    launcher = for_research(root, record)
+    if launcher.name != "namespaces":
+        pytest.skip(launcher.describe())
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    ev = evaluate(root, ["test_metric.py"], ["test_guard.py"], 120, launcher=launcher,
+                  tmp_root=record / "tmp", env=env)  # fmt: skip
+    assert (ev.status, ev.metrics["loss"].value) == ("ok", 2.5), ev.log_tail
+    assert "passed" in ev.log_tail  # the parent's log fd works although its path is hidden
+    assert list((record / "tmp").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_an_isolated_hang_is_killed_with_its_escaped_daemon(tmp_path: Path) -> None:
+    from pytest_autoresearch.isolation import IsolationSpec, make_launcher
+
+    launcher = make_launcher(IsolationSpec())
+    if launcher.name != "namespaces":
+        pytest.skip(launcher.describe())
+    marker = tmp_path / "daemon-alive"
+    root = project(
+        tmp_path / "proj",
+        {
+            "test_hang.py": f"""
+                import subprocess, sys, time
+                from pytest_autoresearch import metric
+
+                DAEMON = (
+                    "import os, time, pathlib; os.setsid(); time.sleep(4); "
+                    "pathlib.Path({str(marker)!r}).write_text('still here')"
+                )
+
+                @metric(goal="min")
+                def test_train():
+                    subprocess.Popen([sys.executable, "-c", DAEMON])  # leaves the process group
+                    time.sleep(600)
+                    return 1.0
+            """
+        },
+    )
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    ev = evaluate(root, ["test_hang.py"], [], 2, launcher=launcher, env=env)
+    assert ev.status == "timeout", ev.log_tail
+    time.sleep(4)
+    assert not marker.exists()  # it died with the namespace, though it had left the group
+
+
+def test_cleanup_stale_removes_only_dead_runs_folders(tmp_path: Path) -> None:
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (tmp_path / f"eval-{dead}-abc").mkdir()
+    (tmp_path / f"eval-{dead}-abc" / "output.log").write_text("left by a kill -9")
+    (tmp_path / f"eval-{os.getppid()}-def").mkdir()  # a live process's: still in use
+    (tmp_path / "eval-notapid").mkdir()
+    (tmp_path / "other").mkdir()
+    assert ev_mod.cleanup_stale(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"eval-{os.getppid()}-def",
+        "eval-notapid",
+        "other",
+    ]
+    assert ev_mod.cleanup_stale(tmp_path / "missing") == 0

@@ -1,0 +1,170 @@
+"""channel: results over an inherited pipe with a nonce; first message wins, nothing after."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_autoresearch.channel import ChannelError, ResultChannel, WorkerChannel
+from pytest_autoresearch.evaluate import evaluate
+from pytest_autoresearch.isolation import plain_launcher
+
+
+def run_worker(code: str, timeout: float = 60) -> ResultChannel:
+    """Run ``code`` as a worker holding the channel (``spec`` is argv[1]); the parent's end."""
+    channel = ResultChannel()
+    proc = plain_launcher().popen(
+        [sys.executable, "-c", textwrap.dedent(code), channel.argument.split("=", 1)[1]],
+        cwd=Path.cwd(),
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        pass_fds=channel.pass_fds,
+    )
+    channel.started()
+    try:
+        assert channel.pump(proc, time.monotonic() + timeout), "the worker hung"
+    finally:
+        proc.kill()
+        proc.wait()
+        channel.drain()
+    return channel
+
+
+def test_the_first_message_with_the_nonce_wins_and_later_writes_are_ignored() -> None:
+    channel = run_worker(
+        """
+        import json, os, sys
+        from pytest_autoresearch.channel import WorkerChannel
+        worker = WorkerChannel.open(sys.argv[1])
+        fd, nonce = os.dup(worker._fd), worker._nonce  # what in-process code could steal
+        os.write(fd, b"junk without the nonce\\n")
+        os.write(fd, b"0123456789abcdef0123456789abcdef {\\"version\\": 1, \\"forged\\": 1}\\n")
+        worker.send({"version": 1, "metrics": [], "value": "real"})
+        worker.send({"version": 1, "metrics": [], "value": "second send"})
+        os.write(fd, (nonce + " " + json.dumps({"version": 1, "value": "after"}) + "\\n").encode())
+        """
+    )
+    data, problem = channel.result()
+    assert data == {"version": 1, "metrics": [], "value": "real"} and problem == ""
+    assert channel.ignored == 2  # the junk and the wrong nonce; the late forgery is not even read
+
+
+def test_a_large_document_does_not_block_the_worker() -> None:
+    channel = run_worker(
+        """
+        import sys
+        from pytest_autoresearch.channel import WorkerChannel
+        WorkerChannel.open(sys.argv[1]).send({"version": 1, "blob": "x" * 5_000_000})
+        """
+    )
+    data, _ = channel.result()
+    assert data is not None and len(data["blob"]) == 5_000_000
+
+
+def test_no_message_and_a_broken_message_say_so() -> None:
+    assert run_worker("pass").result() == (None, "the evaluation reported no results")
+    data, problem = run_worker(
+        """
+        import os, sys
+        from pytest_autoresearch.channel import WorkerChannel
+        worker = WorkerChannel.open(sys.argv[1])
+        os.write(worker._fd, (worker._nonce + " {not json\\n").encode())
+        """
+    ).result()
+    assert data is None and problem.startswith("the evaluation's results are not valid JSON")
+
+
+def test_the_nonce_fd_is_closed_and_the_result_fd_not_inherited_by_exec() -> None:
+    channel = run_worker(
+        """
+        import os, subprocess, sys
+        from pytest_autoresearch.channel import WorkerChannel
+        w, n = (int(x) for x in sys.argv[1].split(","))
+        worker = WorkerChannel.open(sys.argv[1])
+        try:
+            os.fstat(n)
+            nonce_fd = "open"
+        except OSError:
+            nonce_fd = "closed"
+        child = subprocess.run([sys.executable, "-c", f"import os; os.fstat({w})"], close_fds=False)
+        worker.send({"version": 1, "nonce_fd": nonce_fd, "exec_child_rc": child.returncode})
+        """
+    )
+    data, _ = channel.result()
+    assert data == {"version": 1, "nonce_fd": "closed", "exec_child_rc": 1}
+
+
+@pytest.mark.parametrize("spec", ["x", "1", "3,4,5"])
+def test_a_bad_channel_option_is_one_clear_error(spec: str) -> None:
+    with pytest.raises(ChannelError, match="internal to the research loop's evaluations"):
+        WorkerChannel.open(spec)
+
+
+def test_closed_fds_are_one_clear_error() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(ChannelError, match="the fds are not open"):
+        WorkerChannel.open(f"{w},{r}")
+
+
+AFTER_THE_FACT = """
+import atexit, gc, json, os, threading, time
+
+from pytest_autoresearch import metric
+from pytest_autoresearch.channel import WorkerChannel
+
+# Experiment code at import: steal the plugin's channel (fd and nonce) from memory, then try
+# to report loss 0 *after* pytest reported the real value.
+stolen = [o for o in gc.get_objects() if isinstance(o, WorkerChannel)]
+FD, NONCE = os.dup(stolen[0]._fd), stolen[0]._nonce
+
+
+def forged():
+    doc = {"version": 1, "exitstatus": 0, "tests": [],
+           "metrics": [{"name": "loss", "value": 0.0, "samples": [0.0], "goal": "min"}]}
+    return (NONCE + " " + json.dumps(doc) + "\\n").encode()
+
+
+def late():
+    time.sleep(0.5)
+    os.write(FD, forged())
+
+
+atexit.register(lambda: os.write(FD, forged()))
+threading.Thread(target=late, daemon=False).start()
+
+
+@metric(goal="min")
+def test_loss():
+    return 7.0
+"""
+
+
+@pytest.mark.slow
+def test_rewrites_after_the_report_are_ignored(tmp_path: Path) -> None:
+    """An atexit hook and a thread holding the stolen nonce write loss 0 after the report."""
+    (tmp_path / "test_m.py").write_text(AFTER_THE_FACT)
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    ev = evaluate(tmp_path, ["test_m.py"], [], 60, env=env)
+    assert ev.status == "ok", ev.reason + ev.log_tail
+    assert ev.metrics["loss"].value == 7.0
+
+
+def test_the_forgery_would_win_if_written_first(tmp_path: Path) -> None:
+    """The control, and the documented limit: in-process code writing *before* the report."""
+    source = AFTER_THE_FACT.replace("atexit.register(lambda: os.write(FD, forged()))", "")
+    source = source.replace("threading.Thread(target=late, daemon=False).start()", "")
+    source += "\nos.write(FD, forged())\n"
+    (tmp_path / "test_m.py").write_text(source)
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    ev = evaluate(tmp_path, ["test_m.py"], [], 60, env=env)
+    assert ev.metrics["loss"].value == 0.0  # see docs/isolation.md: what remains possible
+    assert json.loads(json.dumps(ev.metrics["loss"].samples)) == [0.0]
