@@ -46,14 +46,23 @@ class ParamEffect:
     name: str
     start: float | None  # its value before the first experiment changed it
     best: float | None  # its value in the best (last kept) configuration
-    tried: int = 0  # experiments with a value that changed it
-    best_delta: float | None = None  # objective - best at the time, the most favourable
-    worst_delta: float | None = None  # ... and the least favourable
+    goal: str = "min"
+    # The objective minus the best at the time, in each experiment that moved it (with a
+    # value); ``alone`` when it was the only parameter moved, so the change is its own.
+    deltas: list[float] = field(default_factory=list)
+    alone: list[float] = field(default_factory=list)
     importance: float | None = None  # Optuna's share (0..1); None when not computed
 
     @property
     def changed(self) -> bool:
         return self.start is not None and self.best is not None and self.start != self.best
+
+    def extremes(self, deltas: list[float]) -> tuple[float, float] | None:
+        """(most favourable, least favourable) of ``deltas``, None when empty."""
+        if not deltas:
+            return None
+        ordered = sorted(deltas, reverse=self.goal == "max")  # best first
+        return ordered[0], ordered[-1]
 
 
 @dataclass
@@ -86,27 +95,22 @@ def param_effects(records: Sequence[dict[str, Any]], goal: str) -> list[ParamEff
     if not with_params:
         return []
     names = list(dict.fromkeys(k for r in with_params for k in r["params"]))
-    effects = {name: ParamEffect(name, None, None) for name in names}
-    sign = -1.0 if goal == "min" else 1.0  # sign * delta > 0 means better
+    effects = {name: ParamEffect(name, None, None, goal) for name in names}
     for rec in sorted(with_params, key=lambda r: r.get("index", 0)):
         params = rec["params"]
         # The optuna proposer describes its changes as "NAME OLD -> NEW, ...": OLD is the
         # best value at the time. Any other description: every parameter counts as moved.
         told = {m["name"]: m["old"] for m in _CHANGE.finditer(str(rec.get("description", "")))}
         moved = [n for n in params if n in told] if told else list(params)
+        value, before = rec.get("objective"), rec.get("best_before")
         for name in moved:
             effect = effects[name]
             if effect.start is None and name in told:
                 effect.start = _number(told[name])
-            value, before = rec.get("objective"), rec.get("best_before")
-            if not (_finite(value) and _finite(before)):
-                continue
-            delta = value - before
-            effect.tried += 1
-            if effect.best_delta is None or sign * delta > sign * effect.best_delta:
-                effect.best_delta = delta
-            if effect.worst_delta is None or sign * delta < sign * effect.worst_delta:
-                effect.worst_delta = delta
+            if _finite(value) and _finite(before):
+                effect.deltas.append(value - before)
+                if len(moved) == 1:
+                    effect.alone.append(value - before)
     kept = [r for r in with_params if r.get("status") == "keep"]
     for name, effect in effects.items():
         if effect.start is None:
@@ -119,12 +123,8 @@ def param_effects(records: Sequence[dict[str, Any]], goal: str) -> list[ParamEff
         effects[name].importance = share
 
     def rank(e: ParamEffect) -> tuple[float, float]:
-        spread = (
-            abs(e.worst_delta - e.best_delta)
-            if e.best_delta is not None and e.worst_delta is not None
-            else 0.0
-        )
-        return (-(e.importance or 0.0), -spread)
+        span = e.extremes(e.alone or e.deltas)
+        return (-(e.importance or 0.0), -abs(span[1] - span[0]) if span else 0.0)
 
     return sorted(effects.values(), key=rank)
 
@@ -228,10 +228,26 @@ def _signed(x: float | None, dec: int) -> str:
     return f"{(round(x, dec) or 0.0):+.{dec}f}" if x is not None else "-"
 
 
+def _span(e: ParamEffect, deltas: list[float], dec: int) -> str:
+    span = e.extremes(deltas)
+    return f"{_signed(span[0], dec)} .. {_signed(span[1], dec)}" if span else "-"
+
+
 def _best_text(e: ParamEffect) -> str:
     if e.changed:
         return f"{_value(e.start)} -> {_value(e.best)}"
     return f"{_value(e.best)} (unchanged)" if e.best is not None else "?"
+
+
+def _moves(e: ParamEffect, dec: int) -> str:
+    """``moved 10x, 3 alone: -0.23 .. +0.12`` (alone when it was, else with the others)."""
+    if not e.deltas:
+        return "never moved with a value"
+    span, how = e.extremes(e.alone), f"{len(e.alone)} alone"
+    if span is None:
+        span, how = e.extremes(e.deltas), "always with others"
+    assert span is not None
+    return f"moved {len(e.deltas)}x, {how}: {_signed(span[0], dec)} .. {_signed(span[1], dec)}"
 
 
 def learned_lines(
@@ -242,20 +258,18 @@ def learned_lines(
     lines: list[str] = []
     if effects:
         valued = sum(1 for r in records if r.get("params") and _finite(r.get("objective")))
-        how = (
-            f"importance over {valued} trials"
-            if any(e.importance is not None for e in effects)
-            else "objective change when it moved"
+        imp = any(e.importance is not None for e in effects)
+        lines.append(
+            "learned per parameter (start -> best"
+            + (f", importance over {valued} trials" if imp else "")
+            + ", objective change when moved: best .. worst):"
         )
-        lines.append(f"parameters (best value; {how}):")
-        for e in effects[:top]:
-            moved = (
-                f"{_signed(e.best_delta, dec)} .. {_signed(e.worst_delta, dec)} over {e.tried}"
-                if e.tried
-                else "never moved with a value"
-            )
-            share = f"{100 * e.importance:.0f}%  " if e.importance is not None else ""
-            lines.append(f"  {e.name} {_best_text(e)}  {share}{moved}")
+        shown = effects[:top]
+        width = max(len(e.name) for e in shown)
+        values = max(len(_best_text(e)) for e in shown)
+        for e in shown:
+            share = f"  {100 * e.importance:3.0f}%" if e.importance is not None else ""
+            lines.append(f"  {e.name:<{width}}  {_best_text(e):<{values}}{share}  {_moves(e, dec)}")
         if len(effects) > top:
             lines.append(f"  ... {len(effects) - top} more in report.md")
     groups = idea_groups(records, goal)
@@ -283,16 +297,18 @@ def learned_markdown(records: Sequence[dict[str, Any]], goal: str, dec: int) -> 
             f"{valued} experiments with a value (computed from {MIN_TRIALS_FOR_IMPORTANCE} "
             "on, with two or more parameters that moved); it says which parameters set the "
             "best trials apart, not in which direction. change: the objective minus the best "
-            f"at the time, over the experiments that moved it ({better} is better)._",
+            f"at the time ({better} is better), in the experiments that moved it alone (its "
+            "own effect) and in all that moved it (mixed with the others moved alongside)._",
             "",
-            "| parameter | start -> best | importance | moved | best change | worst change |",
-            "|---|---|---|---|---|---|",
+            "| parameter | start -> best | importance | moved | alone | change alone "
+            "(best .. worst) | change, all moves (best .. worst) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for e in effects:
             share = f"{100 * e.importance:.1f}%" if e.importance is not None else "-"
             out.append(
-                f"| `{e.name}` | {_best_text(e)} | {share} | {e.tried} | "
-                f"{_signed(e.best_delta, dec)} | {_signed(e.worst_delta, dec)} |"
+                f"| `{e.name}` | {_best_text(e)} | {share} | {len(e.deltas)} | {len(e.alone)} | "
+                f"{_span(e, e.alone, dec)} | {_span(e, e.deltas, dec)} |"
             )
         out.append("")
     if groups:

@@ -135,7 +135,15 @@ def _change(new: float, old: float, dec: int) -> str:
 
 
 def summary_lines(records: Sequence[dict[str, Any]], result: Any) -> list[str]:
-    """The end-of-run summary: baseline -> best, kept, where things are, holdout check."""
+    """The end-of-run summary: baseline -> best, kept, where things are, holdout check,
+    then what was learned (per parameter, or the LLM's ideas grouped)."""
+    goal = getattr(result, "goal", "min")
+    dec = _decimals(getattr(result, "sigma", None), getattr(result, "baseline", None))
+    learned = learned_lines(records, goal, dec)
+    return _summary(records, result) + [scrub(line) for line in learned]
+
+
+def _summary(records: Sequence[dict[str, Any]], result: Any) -> list[str]:
     get = lambda name, default=None: getattr(result, name, default)  # noqa: E731
     objective, goal = get("objective", "objective"), get("goal", "min")
     baseline, best, sigma = get("baseline"), get("best"), get("sigma")
@@ -160,7 +168,6 @@ def summary_lines(records: Sequence[dict[str, Any]], result: Any) -> list[str]:
     if get("record_dir"):
         lines.append(f"record: {get('record_dir')}")
     lines += _holdout_lines(result, goal, baseline, best)
-    lines += learned_lines(records, goal, dec)
     cost = get("cost")
     usd = getattr(cost, "usd", None) if cost is not None else None
     if isinstance(cost, dict):
@@ -205,7 +212,7 @@ def write_report(
     sigma = getattr(result, "sigma", None)
     dec = _decimals(sigma, baseline)
     out = [f"# Research report: {objective}", ""]
-    out += [f"- {line}" for line in summary_lines(records, result)]
+    out += [f"- {line}" for line in _summary(records, result)]
     out.append("")
     if why_not is None:
         out += [f"![progress]({PLOT_NAME})", ""]

@@ -161,11 +161,14 @@ SHORT_RUN = [
 
 def test_a_short_tuned_run_shows_each_parameter_without_importances() -> None:
     lines = summary_lines(SHORT_RUN, result(baseline=1.0, best=0.97, sigma=0.01))
-    start = lines.index("parameters (best value; objective change when it moved):")
-    # Most moving first; the change is the objective minus the best at the time.
-    assert lines[start + 1 : start + 3] == [
-        "  LR 0.04 (unchanged)  +0.020 .. +0.130 over 2",
-        "  DEPTH 4 -> 6  -0.030 .. -0.030 over 1",
+    start = lines.index(
+        "learned per parameter (start -> best, objective change when moved: best .. worst):"
+    )
+    # Most moving first; the change is the objective minus the best at the time, here
+    # always from experiments that moved the parameter alone. The crash has no value.
+    assert lines[start + 1 :] == [
+        "  LR     0.04 (unchanged)  moved 2x, 2 alone: +0.020 .. +0.130",
+        "  DEPTH  4 -> 6            moved 1x, 1 alone: -0.030 .. -0.030",
     ]
     assert not any(line.startswith("ideas") for line in lines)
 
@@ -196,15 +199,23 @@ def toy_tuning_records(n: int) -> list[dict]:
 def test_enough_trials_bring_optunas_importances_to_the_summary_and_report(tmp_path) -> None:
     records = toy_tuning_records(40)
     lines = summary_lines(records, result(baseline=1.0, best=min(r["objective"] for r in records)))
-    head = lines.index("parameters (best value; importance over 40 trials):")
+    head = lines.index(
+        "learned per parameter (start -> best, importance over 40 trials, "
+        "objective change when moved: best .. worst):"
+    )
     first = lines[head + 1]
-    assert first.startswith("  LR 0.04 -> 0.05")  # the knob that matters comes first
-    share = int(first.split("  ")[2].rstrip("%"))
+    assert first.startswith("  LR     0.04 -> 0.0592")  # the knob that matters comes first
+    share = int(first.split()[4].rstrip("%"))
     assert share >= 50
+    # WD never changes the objective: moved alone, it changed nothing.
+    assert lines[head + 3].startswith("  WD ") and lines[head + 3].endswith(
+        "alone: +0.0000 .. +0.0000"
+    )
     write_report(tmp_path, records, result())
     text = (tmp_path / "report.md").read_text()
     assert "## What was learned" in text and "### Parameters" in text
-    assert "| `LR` | 0.04 -> 0.05" in text
+    assert "| `LR` | 0.04 -> 0.0592 | " in text
+    assert text.count("\n| `") >= 3 and "- learned" not in text  # a table, not summary bullets
     assert "over the 40 experiments with a value" in text
     # Deterministic: the terminal and report.md agree, run after run.
     assert summary_lines(records, result()) == summary_lines(records, result())
@@ -272,7 +283,20 @@ def test_few_records_never_import_optuna() -> None:
         "         'params': {'A': i, 'B': 2 * i}, 'description': f'A {i-1} -> {i}'}\n"
         "        for i in range(1, 10)]\n"
         "lines = summary_lines(recs, NS(objective='x', goal='min', baseline=1.0, best=1.0))\n"
-        "assert any(l.startswith('parameters') for l in lines), lines\n"
+        "assert any(l.startswith('learned per parameter') for l in lines), lines\n"
         "assert 'optuna' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_parameter_only_ever_moved_with_others_is_not_credited_alone(tmp_path) -> None:
+    records = [
+        tuned(1, "discard", 1.50, 1.0, {"A": 2, "B": 2}, "A 1 -> 2, B 1 -> 2"),
+        tuned(2, "discard", 1.45, 1.0, {"A": 3, "B": 1}, "A 1 -> 3"),
+    ]
+    lines = summary_lines(records, result(baseline=1.0, best=1.0, sigma=0.01))
+    assert "  A  1 (unchanged)  moved 2x, 1 alone: +0.450 .. +0.450" in lines
+    assert "  B  1 (unchanged)  moved 1x, always with others: +0.500 .. +0.500" in lines
+    write_report(tmp_path, records, result(baseline=1.0, best=1.0, sigma=0.01))
+    text = (tmp_path / "report.md").read_text()
+    assert "| `B` | 1 (unchanged) | - | 1 | 0 | - | +0.500 .. +0.500 |" in text
