@@ -1,8 +1,8 @@
 """The bundled nanochat example, run the way a user runs it: its own pytest session.
 
-A copy of example_project/ runs its guard tests and its CPU metric in a real pytest
-subprocess, offline, with a fresh data cache; the metric must come back through the
-metrics JSON, learn (val_bpb well below an untrained model's) and stay inside its time.
+A copy of example_project/ runs its guard tests and its CPU metric (the real budget) in a
+real pytest subprocess, offline, with a fresh data cache; the metric must come back through
+the metrics JSON, learn (val_bpb well below an untrained model's) and stay inside its time.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
-CPU_METRIC_LIMIT = 60.0  # seconds for training + scoring on 2 cores (the brief's budget)
+CPU_METRIC_LIMIT = 120.0  # seconds for training + scoring on 2 shared cores (profile's cap)
 METRICS = ("val_bpb", "test_bpb", "peak_vram_gb", "mfu", "tokens_per_s", "num_params_m")
 
 
@@ -29,7 +29,8 @@ def _copy_example(dest: Path) -> Path:
 
 def _env(cache: Path) -> dict[str, str]:
     env = dict(os.environ)
-    for key in ("NANOCHAT_PROFILE", "NANOCHAT_TIME_BUDGET", "PYTEST_ADDOPTS"):
+    for key in ("NANOCHAT_PROFILE", "NANOCHAT_TIME_BUDGET", "NANOCHAT_FLOP_BUDGET",
+                "NANOCHAT_METRIC_FLOP_BUDGET", "PYTEST_ADDOPTS"):  # fmt: skip
         env.pop(key, None)
     # Offline corpus, a private cache, and the CPU metric even where CUDA exists.
     env.update(NANOCHAT_CACHE=str(cache), NANOCHAT_DATA="stdlib", NANOCHAT_FORCE_CPU="1")
@@ -63,7 +64,7 @@ def test_example_guards_and_cpu_metric(tmp_path):
         assert metrics[name]["outcome"] == "passed", metrics[name]
         assert math.isfinite(metrics[name]["value"]), metrics[name]
     assert metrics["val_bpb"]["goal"] == "min" and metrics["mfu"]["goal"] == "max"
-    assert metrics["num_steps"]["value"] >= 3
+    assert metrics["num_steps"]["value"] >= 20  # the FLOP budget buys about 60 steps
     assert metrics["peak_vram_gb"]["value"] == 0.0  # CPU: no device memory to report
 
     # "Learns": far below a model that spreads its bets evenly over the vocabulary.
