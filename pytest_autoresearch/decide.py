@@ -2,22 +2,33 @@
 
 API
 ---
-Decision(action, reason, improvement, new_best, floor, sigma, df, runs)
+Decision(action, reason, improvement, new_best, floor, sigma, df, runs, remeasure,
+         simplification, deterministic)
     action: "keep" | "discard" | "confirm" (run the candidate once more, then call again
-    with all its runs). When kept, carry ``new_best`` forward with ``best_runs = runs - 1``
-    (``1`` when kept after a single run).
+    with all its runs). On "keep", measure the kept commit ``remeasure`` more times, fresh,
+    and carry forward ``after_keep(decision, runs, fresh)`` (below).
 keep_decision(*, goal, best, sigma, candidate, df=2, best_runs=1, min_delta=0.0,
               lines_added=0, lines_removed=0, failed_guards=(), violations=(),
-              max_runs=MAX_RUNS, confirmed=False, alpha=ALPHA) -> Decision
-    ``candidate``: one objective value per evaluation run of this candidate (1, then 2, 3
-    while confirming). ``sigma``/``df``: the session's pooled noise, stats.pooled_noise over
-    the baseline runs and ``noise_runs(c)`` of every earlier candidate with 3+ runs, *not*
-    this candidate's runs: they are pooled in here. ``best``: the value carried forward from
-    the baseline (mean of its runs) or the last keep; ``best_runs``: how many runs are
-    behind it (the defaults, df=2 and best_runs=1, are the cautious values for a 3-run
-    baseline). ``confirmed=True`` says no more runs will come: decide now. Guards and
-    constraints may be checked by the caller first, or passed in as
-    ``failed_guards`` / ``violations`` (any entry means discard, with the reason).
+              max_runs=MAX_RUNS, confirmed=False, alpha=ALPHA, anchor=None) -> Decision
+    ``candidate``: one objective value per evaluation run of this candidate (1, 2, ... up to
+    ``max_runs`` while confirming). ``sigma``/``df``: the session's pooled noise,
+    stats.pooled_noise over the noise groups (the baseline's runs, ``noise_runs(runs)`` of
+    every earlier candidate with 3+ runs, ``after_keep(...).noise_group`` of every keep),
+    *not* this candidate's runs: they are pooled in here. ``best``/``best_runs``: the value
+    carried forward and how many runs are behind it (the baseline's mean and its run count,
+    then ``after_keep``'s). ``anchor``: the best value as of the last keep that was *not* a
+    simplification (the baseline's mean until then); None means ``best``. ``confirmed=True``
+    says no more runs will come: decide now. Guards and constraints may be checked by the
+    caller first, or passed in as ``failed_guards`` / ``violations`` (any entry: discard).
+after_keep(decision, runs, fresh) -> Carried(best, best_runs, noise_group)
+    What to carry forward after a keep. ``runs``: the kept candidate's runs (the ones the
+    decision saw); ``fresh``: the ``decision.remeasure`` runs of the kept commit measured
+    right after the keep (fewer if some failed; may be empty). Set best/best_runs from it,
+    append ``noise_group`` to the noise groups (instead of ``noise_runs(runs)``), and, when
+    ``not decision.simplification``, set the anchor to ``best``.
+code_lines_changed(diff_text) -> (added, removed)
+    Lines of a unified diff (``git diff``) that change code: blank lines never count, nor
+    comment-only lines in Python files. Pass them as lines_added / lines_removed.
 noise_runs(candidate) -> list[float]    the runs fit to pool into the noise estimate
 center(values) -> float                 the value the rule compares: the mean of the runs
 noise_sigma(values) -> float            stats.noise_sigma, re-exported for the loop
@@ -25,13 +36,18 @@ constraint_violations(constraints, metrics) -> list[str]
     ``constraints``: objects with ``.metric``, ``.text`` and ``.holds(value)``
     (program.Constraint); ``metrics``: {name: value or None}.
 
-The rule, in short: the mean improvement must clear ``min_delta`` plus a one-sided
-Student-t critical value times the standard error of (candidate mean - best). The
-false-keep budget ``alpha`` (1% per experiment) is split: 0.2% may be spent keeping after
-the first run, the rest after two confirmation runs. A first run at least one standard
-error better is confirmed; the value carried forward is the mean of the confirmation runs,
-never the lucky first one. Fewer lines and no worse than half a standard error is kept as
-a simplification.
+The rule, in short (docs/keep-rule.md has the figures): a one-sided Student-t test of the
+candidate's mean against the best, with up to ``MAX_RUNS`` runs. Keeping is allowed at two
+looks only, so the false-keep budget ``alpha`` (1% per experiment) is a plain sum: 0.1%
+after the first run (a change far beyond the noise) and 0.9% after the last run. Between
+them, each run may only *discard*: a first run at least ``SCREEN`` standard errors better
+is confirmed, and the bar rises by ``FUTILITY_STEP`` per run, so most changes that are no
+better cost one or two runs. A kept commit is measured ``REMEASURE_RUNS`` times afresh and
+those runs alone become the new best: the runs that won the test are lucky on average.
+A simplification (fewer code lines) is kept when its mean is no worse than the best *and*
+than the anchor, so a chain of simplifications cannot drift away from the last real gain.
+A session whose runs have all agreed exactly is deterministic: a candidate must reproduce
+its value once before it is kept, and a candidate that does not is tested on its own noise.
 """
 
 from __future__ import annotations
@@ -45,12 +61,18 @@ from pytest_autoresearch.stats import mean, noise_sigma, t_quantile
 
 __all__ = [
     "ALPHA",
+    "ALPHA_EARLY",
     "ALPHA_FIRST_RUN",
-    "CONFIRM_AT",
+    "FUTILITY_STEP",
     "MAX_RUNS",
-    "SIMPLIFY_TOLERANCE",
+    "REMEASURE_RUNS",
+    "SCREEN",
+    "SIMPLIFY_SCREEN",
+    "Carried",
     "Decision",
+    "after_keep",
     "center",
+    "code_lines_changed",
     "constraint_violations",
     "keep_decision",
     "noise_runs",
@@ -58,10 +80,14 @@ __all__ = [
 ]
 
 ALPHA = 0.01  # false keeps per experiment on a pure-noise objective, at most
-ALPHA_FIRST_RUN = 0.002  # the part of ALPHA spent on keeping after a single run
-MAX_RUNS = 3  # a promising first run is confirmed by two more
-CONFIRM_AT = 1.0  # a first run this many standard errors better is confirmed
-SIMPLIFY_TOLERANCE = 0.5  # fewer lines is kept when no worse than this many standard errors
+ALPHA_FIRST_RUN = 0.0005  # the part of ALPHA spent on keeping after a single run
+ALPHA_EARLY = 0.001  # ... after the middle looks (a clear gain stops early); the last: the rest
+LOOKS = (1, 3, 8)  # the rule looks after these runs: discard, confirm, or (first, last) keep
+MAX_RUNS = LOOKS[-1]  # runs of one candidate at most (the last look spends the rest of ALPHA)
+SCREEN = 0.8  # a first run this many standard errors better is confirmed
+FUTILITY_STEP = 0.3  # ... and each further run must be this much further above the best
+SIMPLIFY_SCREEN = -1.0  # a simpler candidate is confirmed while no worse than this (in se)
+REMEASURE_RUNS = 6  # fresh runs of a kept commit; their mean is the next best
 
 
 @dataclass(frozen=True)
@@ -71,11 +97,23 @@ class Decision:
     action: str  # "keep" | "discard" | "confirm"
     reason: str
     improvement: float | None  # positive = better, objective units (candidate mean vs best)
-    new_best: float | None  # the value to carry forward when kept: the mean of all runs
-    floor: float | None = None  # the improvement this stage needed, objective units
+    new_best: float | None  # when kept: the value to carry forward if no fresh run comes
+    floor: float | None = None  # the improvement this look needed, objective units
     sigma: float | None = None  # noise of one run used for the decision (candidate pooled in)
     df: int | None = None  # degrees of freedom behind sigma
-    runs: int = 0  # candidate runs behind the decision (becomes best_runs when kept)
+    runs: int = 0  # candidate runs behind the decision
+    remeasure: int = 0  # when kept: fresh runs of the kept commit to measure (after_keep)
+    simplification: bool = False  # kept for being simpler, not better: the anchor stays
+    deterministic: bool = False  # every run so far agreed exactly (no noise to test against)
+
+
+@dataclass(frozen=True)
+class Carried:
+    """The best after a keep: its value, the runs behind it, and a group for the noise."""
+
+    best: float
+    best_runs: int
+    noise_groups: list[list[float]]  # add these to the session's noise groups
 
 
 class _ConstraintLike(Protocol):
@@ -119,9 +157,10 @@ def keep_decision(
     max_runs: int = MAX_RUNS,
     confirmed: bool = False,
     alpha: float = ALPHA,
+    anchor: float | None = None,
 ) -> Decision:
     """Keep, discard, or run the candidate once more (see the module docstring)."""
-    _check_args(goal, best, sigma, df, best_runs, min_delta, max_runs, alpha)
+    _check_args(goal, best, sigma, df, best_runs, min_delta, max_runs, alpha, anchor)
     runs = len(candidate)
     values = [float(x) for x in candidate]
     if failed_guards:
@@ -130,58 +169,204 @@ def keep_decision(
     if not values or not all(math.isfinite(x) for x in values):
         return Decision("discard", "no finite objective value", None, None, runs=runs)
     m = math.fsum(values) / runs
-    d = (best - m) if goal == "min" else (m - best)
+    sign = 1.0 if goal == "min" else -1.0
+    d = sign * (best - m)
+    d_anchor = d if anchor is None else sign * (anchor - m)
     if violations:
         shown = "; ".join(violations[:3]) + (" ..." if len(violations) > 3 else "")
         return Decision("discard", f"constraint violated: {shown}", d, None, runs=runs)
-
-    # Pool this candidate's own runs (same code, its own mean) into the noise estimate: the
-    # sample variance is independent of the mean, so the t-test stays exact.
-    ss = sigma * sigma * df + math.fsum((x - m) ** 2 for x in values)
-    df_all = df + runs - 1
-    s = math.sqrt(ss / df_all)
-    se = s * math.sqrt(1.0 / runs + 1.0 / best_runs)
-    first, final = runs == 1, runs >= max_runs or (confirmed and runs > 1)
-    # Two looks may keep: after the first run and after the last; alpha is split between them.
-    a = alpha if max_runs <= 1 else (ALPHA_FIRST_RUN if first else alpha - ALPHA_FIRST_RUN)
-    crit = t_quantile(1.0 - a, df_all)
-    floor = min_delta + crit * se
     shrink = lines_removed - lines_added
-    # The value carried forward leaves out the first run, which the screen picked for luck.
-    confirmed = values[1:] or values
-    new_best = math.fsum(confirmed) / len(confirmed)
+    final = runs >= max_runs or (confirmed and runs > 1)
+    if sigma == 0.0:
+        return _deterministic(values, d, d_anchor, min_delta, shrink, final, alpha)
 
-    def make(action: str, reason: str) -> Decision:
+    looks = _looks(max_runs)
+    if not final and runs not in looks:
+        # Inside a block of runs: no look, so nothing selects on these runs (see noise_groups).
+        return Decision(
+            "confirm", f"confirming: run {runs} of {min(n for n in looks if n > runs)}", d,
+            None, runs=runs,
+        )  # fmt: skip
+    # The spread inside each block of runs between two looks is noise that no stop has
+    # selected on (it is independent of the block means the looks test): pool it.
+    blocks = noise_groups(values, max_runs)
+    ss = math.fsum(math.fsum((x - mean(b)) ** 2 for x in b) for b in blocks)
+    df_all = df + sum(len(b) - 1 for b in blocks)
+    s = math.sqrt((sigma * sigma * df + ss) / df_all)
+    se = s * math.sqrt(1.0 / runs + 1.0 / best_runs)
+    # Keeping is allowed after the first run and after the last: alpha is the sum of the two.
+    a = _alpha_at(runs, looks, final, alpha)
+    floor = min_delta + t_quantile(1.0 - a, df_all) * se
+    # Left out of the value carried forward: the first run, which the screen picked for luck.
+    new_best = m if runs == 1 else mean(values[1:])
+
+    def make(action: str, reason: str, simpler: bool = False) -> Decision:
         kept = action == "keep"
-        return Decision(action, reason, d, new_best if kept else None, floor, s, df_all, runs)
+        return Decision(
+            action, reason, d, new_best if kept else None, floor, s, df_all, runs,
+            remeasure=REMEASURE_RUNS if kept else 0, simplification=kept and simpler,
+        )  # fmt: skip
 
     where = f"{runs} run{'s' if runs > 1 else ''}, noise ±{_num(s)}"
-    if se == 0.0:
-        # Identical runs everywhere: the metric is deterministic, so any change is real.
-        if d > min_delta:
-            return make("keep", f"improved {_num(d)} > min_delta {_num(min_delta)} (no noise)")
-        if shrink > 0 and d >= 0.0:
-            return make("keep", f"simplification: {shrink} fewer lines, equal (no noise)")
-        return make("discard", _not_enough(d, floor, where))
-    if (first or final) and d > floor:
+    if d > floor:
         return make("keep", f"improved {_num(d)} > floor {_num(floor)} ({where})")
-    if not final:
-        # Only the first look screens. Runs after it are never selected on their own value,
-        # which keeps them fit for estimating the noise (see noise_runs).
-        go = not first or d >= (-se if shrink > 0 else min_delta + CONFIRM_AT * se)
-        if go:
-            what = f"{shrink} fewer lines, looks equal" if shrink > 0 else "promising"
-            return make(
-                "confirm", f"{what}: improved {_num(d)}, floor {_num(floor)}; confirming ({where})"
-            )
+    if final:
+        if shrink > 0 and d >= 0.0 and d_anchor >= 0.0:
+            return make("keep", _simpler(shrink, d, d_anchor, where), simpler=True)
         return make("discard", _not_enough(d, floor, where))
-    if shrink > 0 and d >= -SIMPLIFY_TOLERANCE * se:
+    # Between the two looks a run can only discard: the bar rises with every run, so a
+    # change that is no better is usually dropped after one or two runs.
+    bar = min_delta + (SCREEN + FUTILITY_STEP * (runs - 1)) * se
+    simpler = shrink > 0 and d >= SIMPLIFY_SCREEN * se and d_anchor >= SIMPLIFY_SCREEN * se
+    if d >= bar or simpler:
+        what = f"{shrink} fewer lines, looks equal" if simpler and d < bar else "promising"
         return make(
-            "keep",
-            f"simplification: {shrink} fewer lines, equal within noise "
-            f"({_num(d)} >= -{_num(SIMPLIFY_TOLERANCE * se)}, {where})",
+            "confirm", f"{what}: improved {_num(d)}, floor {_num(floor)}; confirming ({where})"
         )
     return make("discard", _not_enough(d, floor, where))
+
+
+def _deterministic(
+    values: list[float],
+    d: float,
+    d_anchor: float,
+    min_delta: float,
+    shrink: int,
+    final: bool,
+    alpha: float,
+) -> Decision:
+    """The session's runs have all agreed exactly: the best's value has no noise.
+
+    One run can still be a lucky draw of a candidate that *is* noisy (a new source of
+    randomness), so a candidate is kept only when a second run reproduces it exactly; one
+    that does not is tested on its own spread against the exact best.
+    """
+    runs = len(values)
+    m = math.fsum(values) / runs
+    better = d > min_delta
+    simpler = shrink > 0 and d >= 0.0 and d_anchor >= 0.0
+    where = f"{runs} run{'s' if runs > 1 else ''}"
+
+    def make(action: str, reason: str, **kw: Any) -> Decision:
+        kept = action == "keep"
+        noisy = "s" in kw  # kept on a t-test: its runs won a test, so measure it afresh
+        return Decision(
+            action, reason, d, (mean(values[1:]) if noisy else m) if kept else None,
+            kw.get("floor", min_delta), kw.get("s", 0.0), kw.get("df", 0), runs,
+            remeasure=REMEASURE_RUNS if kept and noisy else 0,
+            simplification=kept and not better, deterministic=True,
+        )  # fmt: skip
+
+    if max(values) == min(values):
+        if not (better or simpler):
+            return make("discard", _not_enough(d, min_delta, f"{where}, no noise"))
+        if runs == 1:
+            what = "improved " + _num(d) if better else f"{shrink} fewer lines, equal"
+            return make("confirm", f"{what} (no noise so far); confirming it reproduces")
+        if better:
+            return make("keep", f"improved {_num(d)} > min_delta {_num(min_delta)} "
+                        f"(reproduced exactly, {where}, no noise)")  # fmt: skip
+        return make("keep", f"simplification: {shrink} fewer lines, equal ({where}, no noise)")
+    # The candidate is noisy and the best is not: a one-sample t-test on the candidate's own
+    # runs after the first (the first was picked for looking good), kept only at the end.
+    rest = values[1:] if len(set(values[1:])) > 1 else values
+    s = _stdev(rest)
+    df_c = len(rest) - 1
+    se = s / math.sqrt(runs)
+    floor = min_delta + t_quantile(1.0 - _alpha_at(runs, [runs], True, alpha), df_c) * se
+    where = f"{where}, noise ±{_num(s)} from this candidate alone: the best's runs agreed"
+    info = {"floor": floor, "s": s, "df": df_c}
+    if final:
+        if d > floor:
+            return make("keep", f"improved {_num(d)} > floor {_num(floor)} ({where})", **info)
+        return make("discard", _not_enough(d, floor, where), **info)
+    if d > min_delta:
+        return make("confirm", f"not reproducible: improved {_num(d)}; confirming ({where})",
+                    **info)  # fmt: skip
+    return make("discard", _not_enough(d, floor, where), **info)
+
+
+def after_keep(decision: Decision, runs: Sequence[float], fresh: Sequence[float]) -> Carried:
+    """The best to carry forward after ``decision`` kept a candidate with ``runs``.
+
+    ``fresh``: runs of the kept commit measured right after the keep
+    (``decision.remeasure`` of them; fewer if some failed, even none). The new best is the
+    mean of the candidate's runs after the first plus the fresh runs. The first run is left
+    out because the screen picked it for looking good; the confirmation runs that passed
+    the final look flatter the commit a little (the winner's curse), and the fresh runs,
+    which no test selected, dilute that to a few hundredths of a sigma (measured in
+    benchmarks/keep_rule.py) while giving the next comparisons a best with many runs.
+    """
+    if decision.action != "keep":
+        raise ValueError(f"after_keep needs a keep decision, got {decision.action!r}")
+    new = [float(x) for x in fresh]
+    groups = noise_groups(runs)
+    if len(new) >= 2:
+        groups.append(new)
+    pool = [float(x) for x in runs[1:]] + new
+    if pool:
+        return Carried(math.fsum(pool) / len(pool), len(pool), groups)
+    assert decision.new_best is not None  # kept after one run and no fresh run came
+    return Carried(decision.new_best, 1, groups)
+
+
+def code_lines_changed(diff_text: str) -> tuple[int, int]:
+    """(added, removed) code lines in a unified diff; blank and comment-only lines are free.
+
+    Deleting comments or blank lines does not make a change simpler, so only lines with
+    code count: blank lines in any file, and lines that hold only a ``#`` comment in
+    Python files (``.py``, ``.pyi``). Hunk headers give the line counts, so a removed line
+    that itself starts with ``--`` is not mistaken for a file header.
+    """
+    added = removed = 0
+    python = False
+    old_left = new_left = 0  # lines still to read in the current hunk
+    for line in diff_text.splitlines():
+        if old_left <= 0 and new_left <= 0:
+            if line.startswith("+++ "):
+                path = line[4:].strip().strip('"')
+                python = path.endswith((".py", ".pyi"))
+            elif line.startswith("@@"):
+                old_left, new_left = _hunk_sizes(line)
+            continue
+        if line.startswith("\\"):  # "\ No newline at end of file"
+            continue
+        tag, text = line[:1], line[1:]
+        if tag in (" ", ""):
+            old_left -= 1
+            new_left -= 1
+            continue
+        if tag == "-":
+            old_left -= 1
+        elif tag == "+":
+            new_left -= 1
+        else:  # not diff body after all: resynchronise on the next header
+            old_left = new_left = 0
+            continue
+        stripped = text.strip()
+        if not stripped or (python and stripped.startswith("#")):
+            continue
+        if tag == "+":
+            added += 1
+        else:
+            removed += 1
+    return added, removed
+
+
+def _hunk_sizes(header: str) -> tuple[int, int]:
+    """Line counts of both sides from '@@ -a,b +c,d @@' (a missing count means 1)."""
+    try:
+        old, new = header.split("@@")[1].split()[:2]
+    except (IndexError, ValueError):
+        return 0, 0
+
+    def size(part: str) -> int:
+        return int(part.split(",")[1]) if "," in part else 1
+
+    try:
+        return size(old), size(new)
+    except ValueError:
+        return 0, 0
 
 
 def center(values: Sequence[float]) -> float:
@@ -189,14 +374,58 @@ def center(values: Sequence[float]) -> float:
     return mean(values)
 
 
-def noise_runs(candidate: Sequence[float]) -> list[float]:
-    """The runs of a candidate fit to pool into the session's noise estimate (all but the first).
+def noise_groups(candidate: Sequence[float], max_runs: int = MAX_RUNS) -> list[list[float]]:
+    """The blocks of a candidate's runs between two looks, those with 2+ runs: pool each.
 
-    The first run was picked by the screen for looking good, so it is further from the
-    candidate's true value than a typical run; pooling it would inflate sigma. Pool the
-    result only when it has two or more runs (stats.pooled_noise skips shorter groups).
+    A look decides on the mean of all runs so far, so it selects runs for being good (a
+    run that passes a look is luckier than a typical one) and the spread of the runs
+    around the candidate's mean is inflated. The spread *inside* a block of runs taken
+    between two looks is independent of the block's mean (for normal noise), which is all
+    a look sees: it is noise that no stop selected on.
     """
-    return [float(x) for x in candidate[1:]]
+    values = [float(x) for x in candidate]
+    edges = [0, *_looks(max_runs)]
+    out = []
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        if hi <= len(values) and hi - lo >= 2:
+            out.append(values[lo:hi])
+    return out
+
+
+def _alpha_at(runs: int, looks: list[int], final: bool, alpha: float) -> float:
+    """The part of alpha this look may spend on keeping; the parts add up to alpha."""
+    if len(looks) == 1:
+        return alpha
+    middle = len(looks) - 2  # looks between the first and the last
+    if final:
+        return alpha - ALPHA_FIRST_RUN - middle * ALPHA_EARLY
+    return ALPHA_FIRST_RUN if runs == 1 else ALPHA_EARLY
+
+
+def _looks(max_runs: int) -> list[int]:
+    return [n for n in LOOKS if n < max_runs] + [max_runs]
+
+
+def noise_runs(candidate: Sequence[float]) -> list[float]:
+    """One group of a candidate's runs fit to pool (the last block; noise_groups has all).
+
+    Kept for callers that pool one group per candidate; pooling every group of
+    ``noise_groups`` uses all the evidence.
+    """
+    groups = noise_groups(candidate)
+    return groups[-1] if groups else []
+
+
+def _stdev(values: Sequence[float]) -> float:
+    m = math.fsum(values) / len(values)
+    return math.sqrt(math.fsum((x - m) ** 2 for x in values) / (len(values) - 1))
+
+
+def _simpler(shrink: int, d: float, d_anchor: float, where: str) -> str:
+    return (
+        f"simplification: {shrink} fewer lines, no worse than the best ({_num(d)}) "
+        f"nor the last real gain ({_num(d_anchor)}) ({where})"
+    )
 
 
 def _not_enough(d: float, floor: float, where: str) -> str:
@@ -214,12 +443,15 @@ def _check_args(
     min_delta: float,
     max_runs: int,
     alpha: float,
+    anchor: float | None,
 ) -> None:
     problems: list[Any] = []
     if goal not in ("min", "max"):
         problems.append(f"goal must be 'min' or 'max', got {goal!r}")
     if not math.isfinite(best):
         problems.append(f"best must be a finite number, got {best!r}")
+    if anchor is not None and not math.isfinite(anchor):
+        problems.append(f"anchor must be a finite number or None, got {anchor!r}")
     if not (math.isfinite(sigma) and sigma >= 0):
         problems.append(f"sigma must be a finite number >= 0, got {sigma!r}")
     if df < 1:
@@ -230,7 +462,8 @@ def _check_args(
         problems.append(f"min_delta must be >= 0, got {min_delta!r}")
     if max_runs < 1:
         problems.append(f"max_runs must be >= 1, got {max_runs!r}")
-    if not ALPHA_FIRST_RUN < alpha < 0.5:
-        problems.append(f"alpha must be between {ALPHA_FIRST_RUN} and 0.5, got {alpha!r}")
+    least = ALPHA_FIRST_RUN + (len(LOOKS) - 2) * ALPHA_EARLY
+    if not least < alpha < 0.5:
+        problems.append(f"alpha must be between {least} and 0.5, got {alpha!r}")
     if problems:
         raise ValueError("; ".join(problems))
