@@ -41,6 +41,7 @@ class Failure:
     path: str  # exact path (without the query)
     status: int
     body: Any
+    headers: dict[str, str] | None = None  # e.g. a redirect's Location
 
 
 class GitHubServer:
@@ -83,9 +84,11 @@ class GitHubServer:
                     except ValueError:
                         server.problems.append(f"{call.method} {call.path}: body is not JSON")
                 with server._lock:
-                    status, body = server._answer(call)
+                    status, body, *extra = server._answer(call)
                 data = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -128,7 +131,7 @@ class GitHubServer:
 
     # -- the API ----------------------------------------------------------------------
 
-    def _answer(self, call: Call) -> tuple[int, Any]:
+    def _answer(self, call: Call) -> tuple[Any, ...]:  # status, JSON[, headers]
         if call.path.endswith(("/info/refs", "/git-receive-pack", "/git-upload-pack")):
             self.git_calls.append(call)
             return 403, {"message": "pushes go elsewhere in tests"}
@@ -136,7 +139,7 @@ class GitHubServer:
         for i, f in enumerate(self.fail):
             if f.method == call.method and f.path == call.path:
                 del self.fail[i]
-                return f.status, f.body
+                return (f.status, f.body, f.headers or {})
         self._check_headers(call)
         if call.headers.get("authorization") != f"Bearer {self.token}":
             return 401, {

@@ -326,6 +326,40 @@ def test_push_sends_the_token_only_in_a_header(pytester: pytest.Pytester, gh) ->
     assert_token_nowhere(root / ".git")
 
 
+def test_redirects_keep_the_token_on_the_same_host(gh: GitHubServer) -> None:
+    path = f"/repos/{REPO}"
+    here = {"Location": f"{gh.url}{path}"}
+    elsewhere = {"Location": gh.url.replace("127.0.0.1", "localhost") + path}
+    gh.fail.append(Failure("GET", path, 301, {"message": "Moved Permanently"}, here))
+    assert client(gh).call("GET", path)["full_name"] == REPO  # followed, token and all
+    assert gh.calls[1].headers["authorization"] == f"Bearer {TOKEN}"
+    gh.calls.clear()
+    gh.fail.append(Failure("GET", path, 301, {"message": "Moved Permanently"}, elsewhere))
+    with pytest.raises(GitHubError) as refused:
+        client(gh).call("GET", path)
+    assert refused.value.status == 401  # the other host never got the token
+    assert gh.calls[1].headers["host"].startswith("localhost")
+    assert "authorization" not in gh.calls[1].headers
+
+
+def test_push_runs_no_hooks(pytester: pytest.Pytester) -> None:
+    root = make_toy(pytester.path, [])
+    origin = with_origin(root)
+    research_branch(root)
+    # A hook (here the repository's own, or one a proposal planted under core.hooksPath)
+    # would see the environment that carries the token.
+    hooks = root / "githooks"
+    hooks.mkdir()
+    for folder in (hooks, root / ".git" / "hooks"):
+        hook = folder / "pre-push"
+        hook.write_text(f"#!/bin/sh\nenv > {root / 'leaked.txt'}\n")
+        hook.chmod(0o755)
+    git(root, "config", "core.hooksPath", str(hooks))
+    github.push_branch(root, "origin", BRANCH, "main", TOKEN)
+    assert git(origin, "rev-parse", BRANCH) == git(root, "rev-parse", BRANCH)
+    assert not (root / "leaked.txt").exists()
+
+
 def test_never_pushes_the_base_branch(pytester: pytest.Pytester) -> None:
     root = make_toy(pytester.path, [])
     origin = with_origin(root)
