@@ -436,3 +436,97 @@ def test_nothing_to_tune_is_said_at_preflight_with_an_example_from_the_users_fil
     # Following the advice works.
     program = program_for(tmp_path, 'search: {train.py: {learning_rate: "log 6e-5..6e-3"}}\n')
     assert OptunaProposer().preflight(tmp_path, program).endswith(": learning_rate")
+
+
+# -- end to end: `pytest --autoresearch` on a real repo with lowercase knobs ---------------
+
+E2E_TRAIN = """\
+learning_rate = 0.02   # max learning rate; search: log 1e-3..1e-1
+width = 16             # search: int 4..64
+warmup = 50            # not marked: left alone
+
+
+def loss():
+    import math
+
+    return math.log(learning_rate / 0.05) ** 2 + ((width - 32) / 32) ** 2
+"""
+E2E_TEST = """\
+from pytest_autoresearch import metric
+
+import train
+
+
+@metric(goal="min")
+def test_loss():
+    return train.loss()
+"""
+E2E_PROGRAM = "---\neditable: [train.py]\nobjective: loss\nbaseline_runs: 2\n---\nTune it.\n"
+
+
+def e2e_project(root: Path, train: str) -> None:
+    from toyproject import git
+
+    (root / "train.py").write_text(train)
+    (root / "test_metric.py").write_text(E2E_TEST)
+    (root / "program.md").write_text(E2E_PROGRAM)
+    (root / ".gitignore").write_text(".autoresearch/\n__pycache__/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "toy@example.com")
+    git(root, "config", "user.name", "Toy")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "start")
+
+
+def research(pytester: pytest.Pytester, n: int) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(
+        "--autoresearch", "-n", str(n), "--autoresearch-tag", "t1",
+        "--autoresearch-proposer", "optuna", "--autoresearch-seed", "3", "-p", "no:randomly",
+        timeout=240,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_lowercase_config_is_researched_and_the_report_says_what_moved(pytester) -> None:
+    from toyproject import git
+
+    e2e_project(pytester.path, E2E_TRAIN)
+    result = research(pytester, 4)
+    result.stdout.fnmatch_lines(
+        [
+            "*learned per parameter (start -> best, objective change when moved*",
+            "*learning_rate  0.02 *moved *x*",
+            "*width          16 *moved *x*",
+        ]
+    )
+    records = read_records(pytester.path)
+    assert len(records) == 4
+    assert all(set(r["params"] or {}) <= {"learning_rate", "width"} for r in records)
+    assert any(r["params"] for r in records)
+    # Whatever was kept changed only the marked literals; comments and the rest stay.
+    now = git(pytester.path, "show", "autoresearch/t1:train.py").splitlines()
+    for old, new in zip(E2E_TRAIN.splitlines(), now, strict=True):
+        assert old.partition("#")[2] == new.partition("#")[2]
+        if not old.startswith(("learning_rate", "width")):
+            assert old == new
+    report = (pytester.path / ".autoresearch" / "t1" / "report.md").read_text()
+    assert "### Parameters" in report and "| `learning_rate` |" in report
+
+
+@pytest.mark.slow
+def test_nothing_to_tune_says_what_to_add_to_the_users_own_file(pytester) -> None:
+    e2e_project(pytester.path, E2E_TRAIN.replace("search:", "range"))
+    result = research(pytester, 2)
+    assert result.ret != 0
+    output = result.stdout.str() + result.stderr.str()
+    assert "found nothing to tune in the editable files (train.py)" in output
+    assert "train.py:1: learning_rate = 0.02  # search: log 0.002..0.2" in output
+    assert 'program.md: search: {train.py: {learning_rate: "log 0.002..0.2"}}' in output
+
+
+def read_records(root: Path) -> list[dict]:
+    import json
+
+    path = root / ".autoresearch" / "t1" / "experiments.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [x for x in lines if x.get("event") == "experiment"]
