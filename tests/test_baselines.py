@@ -89,6 +89,20 @@ def test_compare_pairs_metrics_with_values_only() -> None:
     ]
 
 
+def test_compare_carries_both_sides_samples_to_the_gate() -> None:
+    data = {"version": 1, "metrics": [Measurement("t", "min", samples=[3.0, 1.0, 2.0]).as_dict()]}
+    (c,) = baseline.compare([Measurement("t", "min", samples=[2.2, 2.4, 2.3])], data)
+    assert c.baseline_samples == (3.0, 1.0, 2.0) and c.current_samples == (2.2, 2.4, 2.3)
+    # Medians 2 -> 2.3 is 15% worse, but the baseline spread 1..3: within its noise.
+    assert baseline.regressions([c], 5.0) == []
+    assert baseline.gates([c], 5.0)["t"].label.startswith("noise (p=")
+    # Without the samples (an old baseline with values only) the threshold decides.
+    bare = Comparison("t", "min", None, 2.0, 2.3)
+    assert baseline.regressions([bare], 5.0) == [
+        "t: 2 -> 2.3 is 15.00% worse (lower is better; allowed 5.00%)"
+    ]
+
+
 @pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", "", ".hidden", "x" * 101, "a b"])
 def test_baseline_names_are_checked(name: str) -> None:
     with pytest.raises(BaselineError, match="invalid baseline name"):
