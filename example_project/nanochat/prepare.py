@@ -3,7 +3,7 @@ The fixed harness: data, tokenizer, dataloader, evaluation and constants.
 
 Usage:
     python -m nanochat.prepare                      # offline corpus (Python stdlib), CPU profile
-    python -m nanochat.prepare --profile gpu --data tinystories
+    python -m nanochat.prepare --profile gpu        # FineWeb-Edu shards, downloaded once
 
 The research loop never edits this file. It owns everything the metric depends on:
 the corpus and its train / validation / holdout splits, the BPE tokenizer, the
@@ -22,7 +22,9 @@ by several percent, and the loop could not tell a change from the load).
 
 Environment:
     NANOCHAT_PROFILE      cpu | gpu       (default: cpu)
-    NANOCHAT_DATA         stdlib | tinyshakespeare | tinystories   (default: stdlib, offline)
+    NANOCHAT_DATA         stdlib | fineweb-edu | climbmix | tinyshakespeare | tinystories
+                          (default: stdlib on the CPU profile, fineweb-edu on the GPU one)
+    NANOCHAT_DATA_URL     base URL of the parquet shards (a mirror; tests use a local server)
     NANOCHAT_CACHE        cache directory (default: ~/.cache/nanochat-autoresearch)
     NANOCHAT_TIME_BUDGET  seconds of wall clock: replaces the profile's budget (smoke runs)
     NANOCHAT_FLOP_BUDGET  model FLOPs: replaces the profile's budget (smoke runs, tests)
@@ -41,9 +43,7 @@ import os
 import re
 import shutil
 import sys
-import sysconfig
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from itertools import pairwise
@@ -51,11 +51,20 @@ from pathlib import Path
 
 import numpy as np
 
+from nanochat.corpus import (  # noqa: F401  (re-exported: the harness's one namespace)
+    MAX_DOC_BYTES,
+    SOURCES,
+    DownloadError,
+    PrepareError,
+    bucket,
+    cache_dir,
+    documents,
+)
+
 # -----------------------------------------------------------------------------
 # Constants and device profiles
 
 PREPARE_VERSION = 1  # bump when the data or tokenizer pipeline changes: it keys the cache
-MAX_DOC_BYTES = 65536  # long files are cut, so that no single document dominates a split
 VAL_FRACTION = 0.05  # of the corpus bytes, by document
 HOLDOUT_FRACTION = 0.05
 BOS = "<|bos|>"  # the only special token: it starts every document and is never scored
@@ -123,10 +132,6 @@ PROFILES = {
 }
 
 
-class PrepareError(RuntimeError):
-    """The data could not be prepared; the message says why and what to do."""
-
-
 class EvaluationError(RuntimeError):
     """The checkpoint cannot be scored honestly (wrong shape, looks at the future...)."""
 
@@ -191,136 +196,53 @@ def set_threads(profile: Profile, device: str) -> None:
         torch.set_num_threads(profile.threads)
 
 
-def cache_dir() -> Path:
-    """Where prepared data lives: NANOCHAT_CACHE, or ~/.cache/nanochat-autoresearch."""
-    raw = os.environ.get("NANOCHAT_CACHE")
-    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "nanochat-autoresearch"
-
-
 # -----------------------------------------------------------------------------
-# Corpora: documents as (id, text); the id decides the split, so it never moves
+# Corpora (nanochat/corpus.py): documents as (id, text); the id decides the split
 
-SOURCES = {
-    "tinyshakespeare": (
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-    ),
-    "tinystories": (
-        "https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-train.txt"
-    ),
-}
-TINYSHAKESPEARE_BYTES = 1_115_394  # the file's known size: a truncated download is caught
+# The GPU profile trains on text people pretrain on; the CPU demo on text every machine has.
+DEFAULT_SOURCE = {"cpu": "stdlib", "gpu": "fineweb-edu"}
 
 
-def get_source(name: str | None = None) -> str:
-    """The corpus named, or NANOCHAT_DATA, or "stdlib": offline, so no metric needs a network."""
-    name = name or os.environ.get("NANOCHAT_DATA") or "stdlib"
-    if name != "stdlib" and name not in SOURCES:
-        raise PrepareError(
-            f"unknown corpus {name!r}: set NANOCHAT_DATA to stdlib, {', '.join(SOURCES)}"
+def get_source(name: str | None = None, profile: Profile | None = None) -> str:
+    """The corpus named, or NANOCHAT_DATA, or the profile's default (stdlib on CPU).
+
+    Where the default could not be downloaded before, a marker in the cache says so and the
+    offline stdlib corpus is used, with a warning every time: never silently, and never a
+    corpus that changes between two experiments because the network came back."""
+    name = name or os.environ.get("NANOCHAT_DATA")
+    if name:
+        if name != "stdlib" and name not in SOURCES:
+            raise PrepareError(
+                f"unknown corpus {name!r}: set NANOCHAT_DATA to stdlib, {', '.join(SOURCES)}"
+            )
+        return name
+    want = DEFAULT_SOURCE.get(profile.name if profile else "cpu", "stdlib")
+    marker = _offline_marker(want)
+    if want != "stdlib" and marker.exists():
+        print(
+            f"prepare: WARNING: using the offline stdlib corpus, not {want}: "
+            f"{marker.read_text().strip()} (delete {marker} to try the download again)",
+            file=sys.stderr,
         )
-    return name
+        return "stdlib"
+    return want
+
+
+def _offline_marker(source: str) -> Path:
+    return cache_dir() / f"offline-instead-of-{source}.txt"
 
 
 def _bucket(doc_id: str) -> float:
-    """A stable number in [0, 1) from a document id: the same document, the same split, always."""
-    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return bucket(doc_id)
 
 
 def _split_of(doc_id: str) -> str:
-    b = _bucket(doc_id)
+    b = bucket(doc_id)
     if b < VAL_FRACTION:
         return "val"
     if b < VAL_FRACTION + HOLDOUT_FRACTION:
         return "holdout"
     return "train"
-
-
-def _cut(text: str) -> str:
-    """Cut a long document at a line boundary near MAX_DOC_BYTES."""
-    if len(text) <= MAX_DOC_BYTES:
-        return text
-    head = text[:MAX_DOC_BYTES]
-    return head[: head.rfind("\n") + 1] or head
-
-
-def stdlib_documents() -> list[tuple[str, Path]]:
-    """The Python standard library's own .py files: text every Python install has."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if "site-packages" not in p.parts and p.is_file()]
-    return sorted((p.relative_to(root).as_posix(), p) for p in files)
-
-
-def _download(name: str, dest: Path, max_bytes: int) -> None:
-    """Stream a corpus to dest (at most max_bytes), check it, record its sha256."""
-    url = SOURCES[name]
-    tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}")
-    print(f"prepare: downloading {name} from {url}", file=sys.stderr)
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
-            total = 0
-            while total < max_bytes:
-                chunk = resp.read(min(1 << 20, max_bytes - total))
-                if not chunk:
-                    break
-                out.write(chunk)
-                total += len(chunk)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise PrepareError(
-            f"could not download the {name} corpus ({exc}); check the network, or use the "
-            "offline corpus with NANOCHAT_DATA=stdlib"
-        ) from exc
-    raw = tmp.read_bytes()
-    if name == "tinyshakespeare" and len(raw) != TINYSHAKESPEARE_BYTES:
-        tmp.unlink()
-        raise PrepareError(
-            f"tinyshakespeare download has {len(raw)} bytes, expected {TINYSHAKESPEARE_BYTES}; "
-            "retry, or use NANOCHAT_DATA=stdlib"
-        )
-    text = raw.decode("utf-8", errors="ignore")  # a capped download may end mid-character
-    if len(text) < 100_000:
-        tmp.unlink()
-        raise PrepareError(f"{name} download is too small ({len(raw)} bytes); retry later")
-    tmp.write_text(text, encoding="utf-8")
-    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    tmp.replace(dest)
-    dest.with_name(dest.name + ".sha256").write_text(sha + "\n")
-
-
-def _downloaded_text(name: str, max_bytes: int) -> str:
-    """The cached download, verified against its recorded sha256 (fetched when missing)."""
-    dest = cache_dir() / "downloads" / f"{name}-{max_bytes}.txt"
-    sha_file = dest.with_name(dest.name + ".sha256")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    intact = dest.exists() and sha_file.exists()
-    if intact and hashlib.sha256(dest.read_bytes()).hexdigest() != sha_file.read_text().strip():
-        dest.unlink()  # corrupted on disk: fetch it again rather than train on garbage
-    if not (dest.exists() and sha_file.exists()):
-        _download(name, dest, max_bytes)
-    return dest.read_text(encoding="utf-8")
-
-
-def documents(source: str, max_bytes: int) -> list[tuple[str, str]]:
-    """(id, text) documents of a corpus, in a fixed order, at most about max_bytes in all."""
-    if source == "stdlib":
-        picked, total = [], 0
-        # Hash order is a fixed shuffle: the subset mixes all of the library, not just "a*".
-        for doc_id, path in sorted(stdlib_documents(), key=lambda d: _bucket("pick:" + d[0])):
-            if total >= max_bytes:
-                break
-            try:
-                text = _cut(path.read_text(encoding="utf-8"))
-            except (UnicodeDecodeError, OSError):
-                continue  # a few test files are deliberately not UTF-8
-            if text.strip():
-                picked.append((doc_id, text))
-                total += len(text.encode("utf-8"))
-        return picked
-    text = _downloaded_text(source, max_bytes)
-    sep = "<|endoftext|>" if source == "tinystories" else "\n\n"
-    parts = [p.strip() for p in text.split(sep)]
-    return [(f"{source}:{i}", _cut(p)) for i, p in enumerate(parts) if p]
 
 
 # -----------------------------------------------------------------------------
@@ -521,7 +443,22 @@ def _load(profile: Profile, source: str) -> Data:
 
 def load_data(profile: Profile | None = None, source: str | None = None) -> Data:
     """The prepared corpus for a profile (built and cached on first use)."""
-    return _load(profile or get_profile(), get_source(source))
+    profile = profile or get_profile()
+    chosen = get_source(source, profile)
+    try:
+        return _load(profile, chosen)
+    except DownloadError as exc:
+        if source or os.environ.get("NANOCHAT_DATA") or chosen == "stdlib":
+            raise  # asked for by name: an error, not a different corpus
+        marker = _offline_marker(chosen)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{chosen} could not be downloaded ({exc})\n")
+        print(
+            f"prepare: WARNING: {chosen} could not be downloaded; the {profile.name} profile "
+            f"uses the offline stdlib corpus on this machine from now on ({marker} says why)",
+            file=sys.stderr,
+        )
+        return _load(profile, "stdlib")
 
 
 def token_byte_lengths(data: Data) -> np.ndarray:
