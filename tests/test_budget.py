@@ -36,16 +36,24 @@ def test_the_option_and_its_ini_key(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nautoresearch_time_budget = 2h\n")
     pytester.makeconftest(
         """
+        from pytest_autoresearch.publish import pr_enabled
         from pytest_autoresearch.research_plugin import option
 
         def pytest_report_header(config):
-            return f"budget={option(config, 'time_budget')} remote={option(config, 'remote')}"
+            return (f"budget={option(config, 'time_budget')} remote={option(config, 'remote')}"
+                    f" pr={pr_enabled(config)}")
         """
     )
     out = pytester.runpytest("-p", "autoresearch")
-    out.stdout.fnmatch_lines(["budget=7200.0 remote=origin"])
-    out = pytester.runpytest("-p", "autoresearch", "--autoresearch-time-budget", "90s")
-    out.stdout.fnmatch_lines(["budget=90.0 remote=origin"])
+    out.stdout.fnmatch_lines(["budget=7200.0 remote=origin pr=False"])
+    out = pytester.runpytest(
+        "-p", "autoresearch", "--autoresearch-time-budget", "90s", "--autoresearch-pr",
+        "--autoresearch-remote", "upstream",
+    )  # fmt: skip
+    out.stdout.fnmatch_lines(["budget=90.0 remote=upstream pr=True"])
+    pytester.makeini("[pytest]\nautoresearch_pr = true\nautoresearch_remote = fork\n")
+    out = pytester.runpytest("-p", "autoresearch")
+    out.stdout.fnmatch_lines(["budget=None remote=fork pr=True"])
     bad = pytester.runpytest("-p", "autoresearch", "--autoresearch-time-budget", "soon")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*expected a duration such as 90s, 45m, 5h30m*got 'soon'*"])

@@ -126,9 +126,11 @@ def after_run(session: pytest.Session, repo: Any, echo: Callable[..., None]) -> 
         return
     _register(config)
     try:
-        config.hook.pytest_autoresearch_publish(
+        where = config.hook.pytest_autoresearch_publish(
             config=config, result=result, records=records, branch=repo.branch, base=base
         )
+        if where:
+            write_step_summary(f"\nPull request: {where}")
     except Exception as exc:  # any publisher's failure: the record and branch are kept
         from pytest_autoresearch.journal import scrub
 
