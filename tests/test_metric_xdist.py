@@ -112,7 +112,7 @@ def test_values_from_workers_reach_table_json_junit_and_baseline(
     gated.stdout.fnmatch_lines(
         [
             "*= metric regressions =*",
-            "latency: 10 ms -> 11 ms is 10.00% worse (lower is better; allowed 5.00%)",
+            "latency: 10 ms -> 11 ms is 10.00% worse (lower is better; allowed 5.00%); beyond*",
             "1 metric(s) got more than 5% worse than baseline 'ci' (--metrics-fail 5)",
         ]
     )
