@@ -274,7 +274,7 @@ eval_interval = 250
 class GPTConfig:
     n_layer: int = 12           # search: int 2..24
     dropout: float = 0.0        # search: 0.0..0.3
-    bias: bool = True           # search: 0..1 is prose on a bool: no number here
+    bias: bool = True           # search: binary flag (prose: not a spec)
     n_head: int = field(default=12)  # search: int 4..16
     vocab_size: int = 50304
 
@@ -356,6 +356,7 @@ def test_rewriting_knobs_keeps_every_other_byte():
         ("c = {'a': 1, 'b': 2}  # search: 1..3\n", r"t.py:1: one '# search:' comment for several"),
         ("c = {'lr': 0.1}  # search: 0.01..1\nc['lr'] = 0.2\n", "c is changed later at module"),
         ("mask = 0xFF  # search: 1..255\n", r"0xFF is a hex/octal/binary literal"),
+        ("flag = True  # search: 0..1\n", r"t.py:1: this '# search:' comment is not on a number"),
         ("class C:\n    x = 1  # search: 0..2\n    x = 2\n", r"C.x is bound more than once"),
         ("lr = 0.1  # search: int 0..1\n", r"asks for an int but 0.1 is a float literal"),
         (
@@ -363,7 +364,7 @@ def test_rewriting_knobs_keeps_every_other_byte():
             r"asks for a float but 4 is an int literal; write n = 4.0",
         ),
         ("lr = 0.1  # search: 0.01..1 0.1..2\n", "has two ranges"),
-        ("lr = 0.1  # search: log\n", "it needs a LOW..HIGH range, auto or off"),
+        ("lr = 0.1  # search: 0.01 1\n", "a range is LOW..HIGH"),
     ],
 )
 def test_a_search_comment_that_cannot_apply_says_why(source, message):
@@ -374,6 +375,46 @@ def test_a_search_comment_that_cannot_apply_says_why(source, message):
 def test_prose_that_says_search_is_not_a_hint():
     source = "def f():\n    x = 1  # search: binary search over the batch sizes\n"
     assert find_constants(source, "t.py") == []
+    source = (
+        "n_probe = 8  # Search: linear probing would be slower\nDEPTH = 4  # search: see docs\n"
+    )
+    assert [(c.name, c.hint) for c in find_constants(source, "t.py")] == [("DEPTH", None)]
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        (
+            "search:\n  other.py:\n    lr: 0..1\n",
+            "search names 'other.py', which is not an editable",
+        ),
+        ("search:\n  train.py:\n    lr: 0..\n", "search: train.py: lr: cannot read the hint"),
+        ("search: [lr]\n", "search must map each editable file to its numbers and ranges"),
+        ("search:\n  train.py:\n    lr: 0.5\n", "lr: 0.5 is not a range like 'log 1e-5..1e-1'"),
+        ("search:\n  train.py:\n    2lr: 0..1\n", "'2lr' is not a name like learning_rate"),
+    ],
+)
+def test_program_md_search_key_errors_name_the_line_and_show_the_form(tmp_path, search, message):
+    from pytest_autoresearch.program import ProgramError, parse_program
+
+    (tmp_path / "train.py").write_text("lr = 0.1\n")
+    (tmp_path / "other.py").write_text("lr = 0.1\n")
+    text = f"---\neditable: [train.py]\nobjective: loss\n{search}---\n"
+    with pytest.raises(ProgramError) as excinfo:
+        parse_program(text, tmp_path / "program.md", tmp_path)
+    error = str(excinfo.value)
+    assert error.startswith(f"{tmp_path / 'program.md'}:4: ") and message in error
+    assert "write e.g. search: {train.py: {learning_rate: " in error and "\n" not in error
+
+
+def test_program_md_search_key_reads_yaml_off_as_off(tmp_path):
+    from pytest_autoresearch.program import parse_program
+
+    (tmp_path / "train.py").write_text("LR = 0.1\n")
+    text = "---\neditable: [train.py]\nobjective: loss\nsearch: {train.py: {LR: off}}\n---\n"
+    program = parse_program(text, tmp_path / "program.md", tmp_path)
+    (declared,) = program.search
+    assert (declared.path, declared.name, declared.spec.mode) == ("train.py", "LR", "off")
 
 
 @pytest.mark.parametrize(
