@@ -198,6 +198,16 @@ def run_research_session(session: pytest.Session) -> None:
     record_dir = root / ".autoresearch" / tag
     experiments = config.getoption("autoresearch_experiments")
     publish.preflight(config, echo)  # --autoresearch-pr: token, repo, remote; before any work
+    from pytest_autoresearch.evaluate import cleanup_stale
+    from pytest_autoresearch.isolation import IsolationError, for_research
+
+    sandbox, network = getattr(program, "sandbox", True), getattr(program, "network", True)
+    try:
+        launcher = for_research(root, record_dir, sandbox=sandbox, network=network)
+    except IsolationError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    echo(launcher.describe())
+    cleanup_stale(record_dir / "tmp")  # left by a killed run
     proposer, proposer_name = _make_proposer(config, echo)
 
     with _Lock(_git_dir(root) or record_dir):
@@ -240,8 +250,9 @@ def run_research_session(session: pytest.Session) -> None:
             settings,
             repo=repo,
             evaluate=lambda metric_args, guard_args, timeout: evaluate(
-                root, list(metric_args), list(guard_args), timeout
-            ),
+                root, list(metric_args), list(guard_args), timeout, launcher=launcher,
+                tmp_root=record_dir / "tmp",
+            ),  # fmt: skip
             proposer=proposer,
             journal=journal,
             echo=echo,
