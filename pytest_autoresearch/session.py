@@ -209,6 +209,15 @@ def run_research_session(session: pytest.Session) -> None:
     echo(launcher.describe())
     cleanup_stale(record_dir / "tmp")  # left by a killed run
     proposer, proposer_name = _make_proposer(config, echo)
+    preflight = getattr(proposer, "preflight", None)  # e.g. optuna: is there anything to tune?
+    if preflight is not None:
+        from pytest_autoresearch.proposers.base import ProposerFatal
+
+        try:
+            echo(preflight(root, program))
+        except ProposerFatal as exc:
+            proposer.close()
+            raise pytest.UsageError(f"proposer {proposer_name!r}: {exc}") from None
 
     with _Lock(_git_dir(root) or record_dir):
         journal = Journal(record_dir, program.objective)
