@@ -494,6 +494,7 @@ def test_a_lowercase_config_is_researched_and_the_report_says_what_moved(pyteste
     result = research(pytester, 4)
     result.stdout.fnmatch_lines(
         [
+            "*optuna tunes 2 number(s): learning_rate, width*",
             "*learned per parameter (start -> best, objective change when moved*",
             "*learning_rate  0.02 *moved *x*",
             "*width          16 *moved *x*",
@@ -520,6 +521,7 @@ def test_nothing_to_tune_says_what_to_add_to_the_users_own_file(pytester) -> Non
     assert result.ret != 0
     output = result.stdout.str() + result.stderr.str()
     assert "found nothing to tune in the editable files (train.py)" in output
+    assert "baseline" not in output  # said at start, before anything was measured
     assert "train.py:1: learning_rate = 0.02  # search: log 0.002..0.2" in output
     assert 'program.md: search: {train.py: {learning_rate: "log 0.002..0.2"}}' in output
 
