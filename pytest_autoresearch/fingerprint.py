@@ -29,7 +29,16 @@ Key = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, mode
 
 # Parts of a git dir that can run code (hooks, config: filters, fsmonitor, include.path)
 # or change what git reports (info/exclude, refs).
-GIT_DIR_PARTS = ("config", "HEAD", "packed-refs", "hooks", "info", "refs", "commondir")
+GIT_DIR_PARTS = (
+    "config",
+    "HEAD",
+    "packed-refs",
+    "hooks",
+    "info",
+    "refs",
+    "commondir",
+    "index.lock",
+)
 # Files whose mere presence changes what pytest or Python runs.
 CODE_SUFFIXES = (".py", ".pth", ".so", ".pyd", ".pyx", ".dylib", ".dll")
 CODE_NAMES = frozenset(

@@ -174,6 +174,7 @@ class TreeGuard:
         tracked = before.tracked | now.tracked
         for c in fp.diff(before.files, now.files):
             p = c.path
+            self.dirty.add(p)  # cleaned up at the end whatever happens next
             if editable(p):
                 problems.append(
                     f"the metric tests write {p}, inside {describe(p)}; write outputs "
@@ -191,7 +192,6 @@ class TreeGuard:
                 )
             else:
                 self.outputs.add(p)
-                self.dirty.add(p)
         for c in fp.diff(before.git, now.git):
             problems.append(
                 f"the metric tests change git's own file {c.path}; tests must not write into .git"

@@ -695,8 +695,10 @@ class ResearchRepo:
 
     def _clear_index_flags(self) -> None:
         flagged = _flag_names(self._index_tags())
-        for chunk in _chunks(sorted(flagged)):
-            self._repo.git.update_index("--no-skip-worktree", "--no-assume-unchanged", "--", *chunk)
+        for flag in set(flagged.values()):  # one mode per call: git keeps only the last given
+            paths = sorted(p for p, f in flagged.items() if f == flag)
+            for chunk in _chunks(paths):
+                self._repo.git.update_index(f"--no-{flag}", "--", *chunk)
 
     def _check_submodules(self, entries: list[_Entry]) -> None:
         dirty = [e.path for e in entries if e.tracked and (self.workdir / e.path / ".git").exists()]
