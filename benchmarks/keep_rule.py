@@ -284,7 +284,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="Monte-Carlo check of the keep rule")
     ap.add_argument("--quick", action="store_true", help="a fifth of the trials (smoke test)")
     ap.add_argument("--seed", type=int, default=20261123)
-    ap.add_argument("--baseline-runs", type=int, default=6)
+    ap.add_argument("--baseline-runs", type=int, default=8)
     args = ap.parse_args()
     div = 5 if args.quick else 1
     started = time.perf_counter()

@@ -5,49 +5,56 @@ API
 Decision(action, reason, improvement, new_best, floor, sigma, df, runs, remeasure,
          simplification, deterministic)
     action: "keep" | "discard" | "confirm" (run the candidate once more, then call again
-    with all its runs). On "keep", measure the kept commit ``remeasure`` more times, fresh,
-    and carry forward ``after_keep(decision, runs, fresh)`` (below).
+    with all its runs). On "keep": measure the kept commit ``remeasure`` more times
+    (fresh evaluations of the committed tree, 0 for a metric with no noise) and carry
+    forward ``after_keep(decision, runs, fresh)``.
 keep_decision(*, goal, best, sigma, candidate, df=2, best_runs=1, min_delta=0.0,
               lines_added=0, lines_removed=0, failed_guards=(), violations=(),
               max_runs=MAX_RUNS, confirmed=False, alpha=ALPHA, anchor=None) -> Decision
     ``candidate``: one objective value per evaluation run of this candidate (1, 2, ... up to
-    ``max_runs`` while confirming). ``sigma``/``df``: the session's pooled noise,
-    stats.pooled_noise over the noise groups (the baseline's runs, ``noise_runs(runs)`` of
-    every earlier candidate with 3+ runs, ``after_keep(...).noise_group`` of every keep),
-    *not* this candidate's runs: they are pooled in here. ``best``/``best_runs``: the value
-    carried forward and how many runs are behind it (the baseline's mean and its run count,
-    then ``after_keep``'s). ``anchor``: the best value as of the last keep that was *not* a
+    ``max_runs`` while confirming). ``sigma``/``df``: stats.pooled_noise over the session's
+    noise groups, *not* this candidate's runs (they are pooled in here). The noise groups
+    are: the baseline's runs; ``noise_groups(runs)`` of every finished candidate that was
+    not kept; ``after_keep(...).noise_groups`` of every keep. ``best``/``best_runs``: the
+    value carried forward and the runs behind it (the baseline's mean and its run count,
+    then ``after_keep``'s). ``anchor``: the best as of the last keep that was *not* a
     simplification (the baseline's mean until then); None means ``best``. ``confirmed=True``
     says no more runs will come: decide now. Guards and constraints may be checked by the
     caller first, or passed in as ``failed_guards`` / ``violations`` (any entry: discard).
-after_keep(decision, runs, fresh) -> Carried(best, best_runs, noise_group)
-    What to carry forward after a keep. ``runs``: the kept candidate's runs (the ones the
-    decision saw); ``fresh``: the ``decision.remeasure`` runs of the kept commit measured
-    right after the keep (fewer if some failed; may be empty). Set best/best_runs from it,
-    append ``noise_group`` to the noise groups (instead of ``noise_runs(runs)``), and, when
-    ``not decision.simplification``, set the anchor to ``best``.
+    ``lines_added``/``lines_removed``: from ``code_lines_changed(diff)``.
+after_keep(decision, runs, fresh) -> Carried(best, best_runs, noise_groups)
+    ``runs``: the kept candidate's runs (those the decision saw); ``fresh``: the
+    ``decision.remeasure`` runs of the kept commit (fewer if some failed; may be empty).
+    Set best/best_runs from it, add its ``noise_groups`` to the session's, and when
+    ``not decision.simplification`` set the anchor to the new best.
+noise_groups(runs) -> list[list[float]]  a finished candidate's runs fit to pool as noise
 code_lines_changed(diff_text) -> (added, removed)
     Lines of a unified diff (``git diff``) that change code: blank lines never count, nor
-    comment-only lines in Python files. Pass them as lines_added / lines_removed.
-noise_runs(candidate) -> list[float]    the runs fit to pool into the noise estimate
+    comment-only lines in Python files.
+noise_runs(runs) -> list[float]          one such group (for callers that pool one per run)
 center(values) -> float                 the value the rule compares: the mean of the runs
 noise_sigma(values) -> float            stats.noise_sigma, re-exported for the loop
 constraint_violations(constraints, metrics) -> list[str]
     ``constraints``: objects with ``.metric``, ``.text`` and ``.holds(value)``
     (program.Constraint); ``metrics``: {name: value or None}.
+BASELINE_RUNS: how many runs the baseline should have (program.md's default).
+baseline_runs_left(values, wanted=BASELINE_RUNS) -> int
+    How many more baseline runs to measure after ``values``: stops early (0) once three
+    runs agree exactly, since a deterministic metric learns nothing from more.
 
-The rule, in short (docs/keep-rule.md has the figures): a one-sided Student-t test of the
-candidate's mean against the best, with up to ``MAX_RUNS`` runs. Keeping is allowed at two
-looks only, so the false-keep budget ``alpha`` (1% per experiment) is a plain sum: 0.1%
-after the first run (a change far beyond the noise) and 0.9% after the last run. Between
-them, each run may only *discard*: a first run at least ``SCREEN`` standard errors better
-is confirmed, and the bar rises by ``FUTILITY_STEP`` per run, so most changes that are no
-better cost one or two runs. A kept commit is measured ``REMEASURE_RUNS`` times afresh and
-those runs alone become the new best: the runs that won the test are lucky on average.
-A simplification (fewer code lines) is kept when its mean is no worse than the best *and*
-than the anchor, so a chain of simplifications cannot drift away from the last real gain.
-A session whose runs have all agreed exactly is deterministic: a candidate must reproduce
-its value once before it is kept, and a candidate that does not is tested on its own noise.
+The rule, in short (docs/keep-rule.md has the why and the figures): a one-sided Student-t
+test of the candidate's mean against the best, looking after 1, 3 and 8 runs (``LOOKS``).
+Each look may keep, spending its share of the false-keep budget ``alpha`` (1% per
+experiment): 0.05% after one run, 0.1% after three, the rest after eight; the shares add
+up to alpha, whatever else happens. A look may also discard: the first run must be
+``SCREEN`` standard errors better to go on, and the bar rises by ``FUTILITY_STEP`` per run,
+so most changes that are no better cost one run. A kept commit is measured afresh
+``REMEASURE_RUNS`` times and the next best is the mean of those and of the confirmation
+runs, never the lucky first run. A simplification (fewer code lines, blank lines and
+comments aside) is kept when its mean is no worse than the best *and* than the anchor,
+so a chain of simplifications cannot drift away from the last real gain. When every run
+so far has agreed exactly the metric is deterministic: a candidate is kept once a second
+run reproduces it exactly, and one that does not is tested on its own spread.
 """
 
 from __future__ import annotations
@@ -63,7 +70,9 @@ __all__ = [
     "ALPHA",
     "ALPHA_EARLY",
     "ALPHA_FIRST_RUN",
+    "BASELINE_RUNS",
     "FUTILITY_STEP",
+    "LOOKS",
     "MAX_RUNS",
     "REMEASURE_RUNS",
     "SCREEN",
@@ -71,10 +80,12 @@ __all__ = [
     "Carried",
     "Decision",
     "after_keep",
+    "baseline_runs_left",
     "center",
     "code_lines_changed",
     "constraint_violations",
     "keep_decision",
+    "noise_groups",
     "noise_runs",
     "noise_sigma",
 ]
@@ -87,7 +98,9 @@ MAX_RUNS = LOOKS[-1]  # runs of one candidate at most (the last look spends the 
 SCREEN = 0.8  # a first run this many standard errors better is confirmed
 FUTILITY_STEP = 0.3  # ... and each further run must be this much further above the best
 SIMPLIFY_SCREEN = -1.0  # a simpler candidate is confirmed while no worse than this (in se)
-REMEASURE_RUNS = 6  # fresh runs of a kept commit; their mean is the next best
+REMEASURE_RUNS = 6  # fresh runs of a kept commit, part of the next best
+DETERMINISTIC_AFTER = 3  # this many identical baseline runs: the metric has no noise
+BASELINE_RUNS = 8  # the baseline is the first best: measure it this often (program.md default)
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,7 @@ def keep_decision(
     df_all = df + sum(len(b) - 1 for b in blocks)
     s = math.sqrt((sigma * sigma * df + ss) / df_all)
     se = s * math.sqrt(1.0 / runs + 1.0 / best_runs)
-    # Keeping is allowed after the first run and after the last: alpha is the sum of the two.
+    # Each look may keep, spending its share of alpha; the shares add up to alpha.
     a = _alpha_at(runs, looks, final, alpha)
     floor = min_delta + t_quantile(1.0 - a, df_all) * se
     # Left out of the value carried forward: the first run, which the screen picked for luck.
@@ -204,7 +217,7 @@ def keep_decision(
         kept = action == "keep"
         return Decision(
             action, reason, d, new_best if kept else None, floor, s, df_all, runs,
-            remeasure=REMEASURE_RUNS if kept else 0, simplification=kept and simpler,
+            remeasure=_fresh_runs(runs) if kept else 0, simplification=kept and simpler,
         )  # fmt: skip
 
     where = f"{runs} run{'s' if runs > 1 else ''}, noise ±{_num(s)}"
@@ -214,8 +227,8 @@ def keep_decision(
         if shrink > 0 and d >= 0.0 and d_anchor >= 0.0:
             return make("keep", _simpler(shrink, d, d_anchor, where), simpler=True)
         return make("discard", _not_enough(d, floor, where))
-    # Between the two looks a run can only discard: the bar rises with every run, so a
-    # change that is no better is usually dropped after one or two runs.
+    # Not kept and not the last look: go on only while clearly promising. The bar rises
+    # with the runs, so a change that is no better is usually dropped after one run.
     bar = min_delta + (SCREEN + FUTILITY_STEP * (runs - 1)) * se
     simpler = shrink > 0 and d >= SIMPLIFY_SCREEN * se and d_anchor >= SIMPLIFY_SCREEN * se
     if d >= bar or simpler:
@@ -260,7 +273,7 @@ def _deterministic(
     if max(values) == min(values):
         if not (better or simpler):
             return make("discard", _not_enough(d, min_delta, f"{where}, no noise"))
-        if runs == 1:
+        if runs == 1 and not final:
             what = "improved " + _num(d) if better else f"{shrink} fewer lines, equal"
             return make("confirm", f"{what} (no noise so far); confirming it reproduces")
         if better:
@@ -369,6 +382,19 @@ def _hunk_sizes(header: str) -> tuple[int, int]:
         return 0, 0
 
 
+def baseline_runs_left(values: Sequence[float], wanted: int = BASELINE_RUNS) -> int:
+    """More baseline runs to measure: ``wanted`` in all, or none once 3 runs agree exactly.
+
+    Identical runs mean the metric is deterministic (a fixed budget of steps, a fixed
+    seed): more runs cost time and teach nothing. Two runs may agree by chance on a coarse
+    metric, so three are asked for.
+    """
+    done = len(values)
+    if done >= DETERMINISTIC_AFTER and max(values) == min(values):
+        return 0
+    return max(0, wanted - done)
+
+
 def center(values: Sequence[float]) -> float:
     """The value the keep rule compares for a set of runs: their mean (the t-test's)."""
     return mean(values)
@@ -467,3 +493,8 @@ def _check_args(
         problems.append(f"alpha must be between {least} and 0.5, got {alpha!r}")
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def _fresh_runs(runs: int) -> int:
+    """Fresh runs after a keep: fewer when many confirmation runs are already behind it."""
+    return max(REMEASURE_RUNS - (runs - 1) // 3, REMEASURE_RUNS - 2)

@@ -12,6 +12,7 @@ from pytest_autoresearch.decide import (
     MAX_RUNS,
     REMEASURE_RUNS,
     after_keep,
+    baseline_runs_left,
     center,
     code_lines_changed,
     constraint_violations,
@@ -54,12 +55,14 @@ def test_a_promising_candidate_runs_to_the_last_look_and_is_kept() -> None:
     assert final.df == 15
     # Without fresh runs, the first (screened, lucky) run is left out of the carried value.
     assert final.new_best == pytest.approx(sum(GOOD[1:]) / 7)
-    assert final.remeasure == REMEASURE_RUNS
+    # Seven confirmation runs are already behind it: four fresh ones (six after fewer runs).
+    assert final.remeasure == REMEASURE_RUNS - 2
 
 
 def test_a_clear_gain_is_kept_at_the_middle_look_and_a_huge_one_at_once() -> None:
     d = keep_decision(candidate=[0.97, 0.975, 0.968], **BASE)
     assert d.action == "keep" and d.reason.startswith("improved 0.029 > floor 0.02746 (3 runs")
+    assert d.remeasure == REMEASURE_RUNS
     huge = keep_decision(candidate=[0.95], **BASE)
     assert huge.action == "keep" and huge.new_best == 0.95 and huge.remeasure == REMEASURE_RUNS
 
@@ -209,6 +212,14 @@ def test_bad_arguments_are_refused_with_every_problem_named() -> None:
     msg = str(exc.value)
     assert "goal must be 'min' or 'max'" in msg and "best must be" in msg
     assert "sigma must be" in msg and "df must be >= 1" in msg and "anchor must be" in msg
+
+
+def test_the_baseline_stops_early_only_when_three_runs_agree_exactly() -> None:
+    assert baseline_runs_left([]) == 8
+    assert baseline_runs_left([1.0, 1.0]) == 6  # two may agree by chance on a coarse metric
+    assert baseline_runs_left([1.0, 1.0, 1.0]) == 0  # deterministic: more runs teach nothing
+    assert baseline_runs_left([1.0, 1.0, 1.1]) == 5
+    assert baseline_runs_left([1.0, 1.1], wanted=2) == 0  # program.md's baseline_runs rules
 
 
 def test_center_is_the_mean() -> None:
