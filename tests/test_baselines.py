@@ -147,7 +147,7 @@ def test_accuracy():
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(test_gate=SUITE)
+    pytester.makepyfile(test_gated_suite=SUITE)  # not test_gate: tests/test_gate.py is imported
     set_values(pytester, latency=10.0, accuracy=0.80)
     return pytester
 
