@@ -30,7 +30,7 @@ def _copy_example(dest: Path) -> Path:
 def _env(cache: Path) -> dict[str, str]:
     env = dict(os.environ)
     for key in ("NANOCHAT_PROFILE", "NANOCHAT_TIME_BUDGET", "NANOCHAT_FLOP_BUDGET",
-                "NANOCHAT_METRIC_FLOP_BUDGET", "PYTEST_ADDOPTS"):  # fmt: skip
+                "NANOCHAT_COMPILE", "NANOCHAT_BF16", "PYTEST_ADDOPTS"):  # fmt: skip
         env.pop(key, None)
     # Offline corpus, a private cache, and the CPU metric even where CUDA exists.
     env.update(NANOCHAT_CACHE=str(cache), NANOCHAT_DATA="stdlib", NANOCHAT_FORCE_CPU="1")

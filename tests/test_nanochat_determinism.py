@@ -30,7 +30,7 @@ pytest.importorskip("tiktoken")
 @pytest.mark.slow
 def test_cpu_metric_is_identical_on_an_idle_and_a_loaded_machine(tmp_path, tmp_path_factory):
     project = copy_example(tmp_path)
-    env = example_env(shared_cache(tmp_path_factory), NANOCHAT_METRIC_FLOP_BUDGET=SMALL_BUDGET)
+    env = example_env(shared_cache(tmp_path_factory), NANOCHAT_FLOP_BUDGET=SMALL_BUDGET)
     runs = []
     for loaded in (False, True):
         busy = []

@@ -77,7 +77,7 @@ def test_a_hostile_train_py_does_not_move_val_bpb(tmp_path, tmp_path_factory):
     _make_hostile(hostile)
     values = {}
     for name, project in (("honest", honest), ("hostile", hostile)):
-        env = example_env(cache, NANOCHAT_METRIC_FLOP_BUDGET=SMALL_BUDGET)
+        env = example_env(cache, NANOCHAT_FLOP_BUDGET=SMALL_BUDGET)
         # Guards and metric in one session, as the research loop runs them.
         proc, report = run_session(project, env, tmp_path / f"{name}.json", "tests", "-x")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -94,7 +94,7 @@ def test_importing_train_py_into_the_scoring_process_fails_the_metric(tmp_path, 
     (project / "tests" / "test_sneaky.py").write_text(
         "from nanochat import train  # noqa: F401\n\ndef test_nothing():\n    pass\n"
     )
-    env = example_env(shared_cache(tmp_path_factory), NANOCHAT_METRIC_FLOP_BUDGET=SMALL_BUDGET)
+    env = example_env(shared_cache(tmp_path_factory), NANOCHAT_FLOP_BUDGET=SMALL_BUDGET)
     proc, report = run_session(project, env, tmp_path / "m.json", METRIC_NODE,
                                "tests/test_sneaky.py")  # fmt: skip
     assert proc.returncode == 1

@@ -602,16 +602,39 @@ def evaluate_bpb(model, data: Data, split: str = "val", device: str = "cpu") -> 
 # Hardware reference for MFU
 
 
+# Dense bf16 tensor-core peaks from the datasheets (no sparsity), most specific name first:
+# MFU is model FLOPs per second over this. Unknown devices get a measured matmul rate.
+PEAK_FLOPS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("GH200", 989e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+)
+
+
+def datasheet_peak_flops(device_name: str) -> float | None:
+    """The table's peak for a CUDA device name ("NVIDIA H100 80GB HBM3"), None if unknown."""
+    for key, flops in PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
 @functools.lru_cache(maxsize=2)
 def peak_flops(device: str) -> float:
     """Peak dense FLOP/s: the datasheet for known GPUs, a measured fp32 matmul otherwise."""
     import torch
 
     if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(device)
-        for key, flops in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12)):
-            if key in name:
-                return flops
+        known = datasheet_peak_flops(torch.cuda.get_device_name(device))
+        if known:
+            return known
     a = torch.randn(1024, 1024, device=device)
     for _ in range(2):
         a @ a  # warm up the kernels before timing

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -106,6 +107,8 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_head, self.head_dim)
         # QK-norm: bounded attention logits, so higher learning rates stay stable.
         q, k = norm(apply_rotary(q, cos, sin)), norm(apply_rotary(k, cos, sin))
+        # is_causal and no mask tensor: eligible for SDPA's flash / cuDNN kernels (and the
+        # CPU flash kernel), never the masked math fallback; train() forbids math on CUDA.
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         )
@@ -269,6 +272,20 @@ def flops_per_token(model: GPT) -> float:
     return 6 * n_matmul + 12 * c.n_layer * c.n_embd * c.seq_len
 
 
+def sdpa_backends(device: str):
+    """On CUDA, attention may use only the fused kernels: a silent fall back to the masked
+    math kernel would cost several times the memory and half the MFU. CPU: PyTorch decides."""
+    from contextlib import nullcontext
+
+    if device != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    )
+
+
 def count_step_flops(config: GPTConfig, batch_size: int) -> float:
     """Forward + backward FLOPs of one batch, counted by PyTorch on a shape-only (meta) copy:
     right for any architecture written here, and costs no compute."""
@@ -300,9 +317,16 @@ def train(out: str, stats_path: str | None) -> dict:
     model.init_weights()
     num_params = sum(p.numel() for p in model.parameters())
     optimizers = build_optimizers(model)
-    # Compilation takes a minute on CUDA and does not pay off in a CPU demo.
-    step_model = torch.compile(model) if device == "cuda" else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    # Compilation takes a minute on CUDA and does not pay off in a CPU demo. NANOCHAT_COMPILE=1
+    # (inductor) or =aot_eager (capture only, fast) and NANOCHAT_BF16=1 run the GPU path on
+    # CPU, so that it is tested before GPU time is spent on it.
+    compile_mode = os.environ.get("NANOCHAT_COMPILE", "1" if device == "cuda" else "0")
+    use_bf16 = os.environ.get("NANOCHAT_BF16", "1" if device == "cuda" else "0") == "1"
+    compile_model = compile_mode != "0"
+    backend = "aot_eager" if compile_mode == "aot_eager" else "inductor"
+    step_model = torch.compile(model, backend=backend) if compile_model else model
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16)
+    attention = sdpa_backends(device)
     batch_size = max(1, round(DEVICE_BATCH_SIZE * profile.batch_scale))
     loader = prepare.batches(data, batch_size, device, seed=SEED)
     step_flops = count_step_flops(config, batch_size)
@@ -313,11 +337,11 @@ def train(out: str, stats_path: str | None) -> dict:
         f"{num_params / 1e6:.2f}M params, budget {budget.describe()}"
     )
 
-    step, training_time, smooth_loss = 0, 0.0, 0.0
+    step, training_time, warmup_time, smooth_loss = 0, 0.0, 0.0, 0.0
     while True:
         t0 = time.time()
         x, y = next(loader)
-        with autocast:
+        with autocast, attention:
             logits = step_model(x)
         loss = F.cross_entropy(logits.float().view(-1, config.vocab_size), y.reshape(-1))
         loss.backward()
@@ -333,6 +357,8 @@ def train(out: str, stats_path: str | None) -> dict:
             sys.exit(1)
         if step >= untimed_steps or budget.kind == "flops":
             training_time += time.time() - t0
+        else:
+            warmup_time += time.time() - t0  # compilation, mostly
         smooth_loss = loss_value if step == 0 else 0.9 * smooth_loss + 0.1 * loss_value
         step += 1
         progress = budget.progress(training_time, step * step_flops)
@@ -353,12 +379,16 @@ def train(out: str, stats_path: str | None) -> dict:
         "budget_kind": budget.kind,
         "budget": budget.amount,
         "training_seconds": round(training_time, 3),
+        "warmup_seconds": round(warmup_time, 3),
+        "compiled": backend if compile_model else None,
+        "bf16": use_bf16,
         "total_seconds": round(time.time() - t_start, 3),
         "num_steps": step,
         "train_flops": step * step_flops,
         "tokens_per_s": tokens_per_s,
         # Model FLOPs utilisation: counted FLOPs (== flops_per_token, tested) over the peak.
         "mfu": timed_steps * step_flops / max(training_time, 1e-9) / prepare.peak_flops(device),
+        "peak_flops": prepare.peak_flops(device),
         "peak_vram_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else 0.0,
         "num_params_m": num_params / 1e6,
         "depth": config.n_layer,

@@ -63,20 +63,22 @@ def train_and_score(profile_name: str, tmp_path: Path) -> dict[str, float]:
     data = prepare.load_data(profile)  # built (and cached) here, outside the training clock
     ckpt, stats_file = tmp_path / "model.pt", tmp_path / "stats.json"
     env = dict(os.environ, NANOCHAT_PROFILE=profile.name, PYTHONPATH=str(ROOT))
-    for key in ("NANOCHAT_TIME_BUDGET", "NANOCHAT_FLOP_BUDGET"):
-        env.pop(key, None)  # the metric always trains for the profile's real budget
-    # A time budget is enforced here; a FLOP budget is counted by train.py, and this
-    # wall-clock cap stops a run that ignores it (or is simply far too slow).
-    timeout = (profile.time_budget or 0.0) + STARTUP_SLACK[profile.name]
-    if profile.train_flops:
-        timeout = profile.max_eval_seconds
-    if os.environ.get("NANOCHAT_METRIC_FLOP_BUDGET"):  # this project's own tests: same path,
-        env["NANOCHAT_FLOP_BUDGET"] = os.environ["NANOCHAT_METRIC_FLOP_BUDGET"]  # less compute
+    # NANOCHAT_TIME_BUDGET / NANOCHAT_FLOP_BUDGET (smoke runs) reach train.py as they are,
+    # so baseline and experiments of one run train for the same budget. A time budget is
+    # enforced here; a FLOP budget is counted by train.py, and this wall-clock cap stops a
+    # run that ignores it (or is simply far too slow).
+    budget = prepare.training_budget(profile)
+    timeout = profile.max_eval_seconds
+    if budget.kind == "time":
+        timeout = budget.amount + STARTUP_SLACK[profile.name]
     cmd = [sys.executable, "-m", "nanochat.train", "--out", str(ckpt), "--stats", str(stats_file)]
     try:
         returncode, output = _run_training(cmd, env, timeout)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"training ran past {timeout:.0f}s: train.py must stop at its budget")
+        pytest.fail(
+            f"training ran past {timeout:.0f}s ({budget.describe()} budget): "
+            "train.py must stop at its budget"
+        )
     if returncode != 0:
         tail = "\n".join(output.splitlines()[-30:])
         pytest.fail(f"training exited with status {returncode}:\n{tail}")
