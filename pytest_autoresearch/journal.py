@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_autoresearch.decide import noise_runs
 from pytest_autoresearch.secrets import scrub, scrub_obj  # re-exported: the one scrubber
 
 __all__ = ["Journal", "JournalError", "JournalState", "scrub", "scrub_obj"]
@@ -49,8 +48,6 @@ class JournalState:
     baseline: dict[str, Any] | None = None  # the last "baseline" event
     best: float | None = None  # the value carried forward (baseline's or the last keep's)
     best_commit: str | None = None
-    best_runs: int = 0  # runs behind ``best`` (for decide.keep_decision's best_runs)
-    noise_groups: list[list[float]] = field(default_factory=list)  # for stats.pooled_noise
     unfinished: int | None = None  # an experiment that started, undecided, with no record
     # Experiments decided (a "decided" line with the full record) whose irreversible step
     # (moving the branch or restoring the tree) may not have happened: resume finishes them.
@@ -133,9 +130,6 @@ class Journal:
             elif kind == "baseline":
                 state.baseline = ev
                 state.best, state.best_commit = ev.get("value"), ev.get("commit")
-                samples = [float(x) for x in ev.get("samples") or []]
-                state.best_runs = len(samples)
-                state.noise_groups.append(samples)
             elif kind == "start" and isinstance(ev.get("index"), int):
                 started.add(ev["index"])
                 decided.pop(ev["index"], None)  # a re-run after an interruption
@@ -145,12 +139,8 @@ class Journal:
             elif kind == "experiment" and ev.get("index") not in finished:
                 finished.add(ev["index"])
                 state.records.append(ev)
-                runs = (ev.get("samples") or {}).get(self.objective) or []
-                if len(runs) >= 3:
-                    state.noise_groups.append(noise_runs(runs))
                 if ev.get("status") == "keep":
                     state.best, state.best_commit = ev.get("best_after"), ev.get("commit")
-                    state.best_runs = max(1, len(runs) - 1)
                 for k, v in (ev.get("cost") or {}).items():
                     if isinstance(v, (int, float)):
                         totals[k] = totals.get(k, 0) + v

@@ -142,6 +142,9 @@ class ResearchLoop:
         self.goals: dict[str, str] = {}
         self.baseline = self.best = math.nan
         self.best_runs = 1
+        # The best as of the last keep that was a real gain, not a simplification: a chain
+        # of "equal but simpler" keeps may not drift away from it (decide.keep_decision).
+        self.anchor = math.nan
         self.best_metrics: dict[str, float] = {}
         self.baseline_metrics: dict[str, float] = {}
         # Groups of repeated runs of one code version (the baseline, confirmed candidates):
@@ -238,7 +241,7 @@ class ResearchLoop:
         base = state.baseline
         self.goal = base["goal"]
         self.goals = dict(base.get("goals") or {})
-        self.baseline = self.best = base["value"]
+        self.baseline = self.best = self.anchor = base["value"]
         self.best_runs = len(base["samples"])
         self.noise_groups = [list(base["samples"])]
         self.baseline_metrics = dict(base.get("metrics") or {})
@@ -297,13 +300,17 @@ class ResearchLoop:
         )
         self.cost = self.cost + Cost(**(rec.get("cost") or {}))
         runs = rec.get("runs") or []
-        if len(runs) >= 3:
-            self.noise_groups.append(decide.noise_runs(runs))
         if rec["status"] == "keep":
             self.kept += 1
+            kept = rec.get("kept") or {}
             self.best = rec["best_after"]
-            self.best_runs = max(1, len(runs) - 1)
+            self.best_runs = kept.get("best_runs") or max(1, len(runs) - 1)
+            self.noise_groups.extend(kept.get("noise_groups") or decide.noise_groups(runs))
+            if not kept.get("simplification"):
+                self.anchor = self.best
             self.best_metrics = dict(rec.get("metrics") or {})
+        elif runs:
+            self.noise_groups.extend(decide.noise_groups(runs))
         total = (rec.get("durations") or {}).get("total")
         if total:
             self.durations.append(total)
@@ -349,7 +356,7 @@ class ResearchLoop:
         self.repo.out_of_scope(self.program.is_editable, after="evaluation")
         self.noise_groups = [values]
         self.best_runs = len(values)
-        self.baseline = self.best = stats.mean(values)
+        self.baseline = self.best = self.anchor = stats.mean(values)
         self.baseline_metrics = {k: stats.mean(v) for k, v in per_metric.items()}
         self.best_metrics = dict(self.baseline_metrics)
         if not self.program.timeout:
@@ -466,7 +473,13 @@ class ResearchLoop:
         rec["improvement"] = verdict.improvement
         rec["decision"] = verdict.reason
         if verdict.action == "keep":
-            rec["best_after"] = verdict.new_best
+            try:
+                self._remeasure(rec, verdict)
+            except _Failed as failed:  # the kept code tampered with the tree when run again
+                rec["log_tail"] = failed.failure.log_tail or None
+                self._discard(rec, "rejected")
+                self._finish(rec, ctx, proposal, "rejected", str(failed), t0, valid=False)
+                return
             # The kept commit is a snapshot of exactly the measured tree; the branch moves
             # onto it in _finish, after the write-ahead line (a kill in between rolls forward).
             rec["commit"] = self.repo.snapshot(
@@ -477,6 +490,40 @@ class ResearchLoop:
         else:
             self._discard(rec, "discard")
             self._finish(rec, ctx, proposal, "discard", verdict.reason, t0)
+
+    def _remeasure(self, rec: dict, verdict: decide.Decision) -> None:
+        """Measure the kept tree afresh and carry forward what decide.after_keep says.
+
+        Done before the write-ahead line, on the working tree that becomes the kept
+        snapshot (the same files), so the record written ahead is the complete one.
+        A fresh run that fails is left out; one that tampers with the tree rejects.
+        """
+        fresh: list[float] = []
+        for _ in range(verdict.remeasure):
+            scratch: dict[str, Any] = {
+                "index": rec["index"], "runs": [], "samples": {}, "metrics": {},
+                "evaluations": rec["evaluations"], "guards": {},
+            }  # fmt: skip
+            try:
+                self._evaluate_once(scratch, confirm=True)
+            except _Failed as failed:
+                if failed.failure.status == "rejected":
+                    raise
+                continue
+            fresh.extend(scratch["runs"])
+        carried = decide.after_keep(verdict, rec["runs"], fresh)
+        rec["best_after"] = carried.best
+        rec["kept"] = {
+            "fresh_runs": fresh,
+            "best_runs": carried.best_runs,
+            "noise_groups": carried.noise_groups,
+            "simplification": verdict.simplification,
+        }
+        if verdict.remeasure:
+            self.echo(
+                f"  [{rec['index']}] kept; measured again {len(fresh)} of {verdict.remeasure} "
+                f"times: {self.objective} {carried.best:.6g} carried forward"
+            )
 
     def _evaluate_with_repairs(self, rec: dict, ctx: ProposalContext, cost: Cost) -> Cost:
         """Evaluate; after a crash or a failed guard let the proposer fix its change."""
@@ -548,6 +595,7 @@ class ResearchLoop:
             lines_added=rec["lines_added"],
             lines_removed=rec["lines_removed"],
             max_runs=decide.MAX_RUNS,
+            anchor=self.anchor,
         )
 
     def _check_scope(self, rec: dict, after: str, since: Any = None) -> None:
@@ -563,8 +611,10 @@ class ResearchLoop:
             since=since,
         )
         if after != "evaluation":
-            added, removed = self.repo.lines_changed()
-            rec.update(diff=self.repo.diff_text(), lines_added=added, lines_removed=removed)
+            # Code lines only: deleted comments and blank lines do not make a change simpler.
+            diff = self.repo.diff_text()
+            added, removed = decide.code_lines_changed(diff)
+            rec.update(diff=diff, lines_added=added, lines_removed=removed)
         if outside:
             shown = ", ".join(outside[:5]) + (
                 f" and {len(outside) - 5} more" if len(outside) > 5 else ""

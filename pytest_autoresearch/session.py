@@ -207,7 +207,6 @@ def run_research_session(session: pytest.Session) -> None:
     except IsolationError as exc:
         raise pytest.UsageError(str(exc)) from None
     echo(launcher.describe())
-    cleanup_stale(record_dir / "tmp")  # left by a killed run
     proposer, proposer_name = _make_proposer(config, echo)
     preflight = getattr(proposer, "preflight", None)  # e.g. optuna: is there anything to tune?
     if preflight is not None:
@@ -220,6 +219,7 @@ def run_research_session(session: pytest.Session) -> None:
             raise pytest.UsageError(f"proposer {proposer_name!r}: {exc}") from None
 
     with _Lock(_git_dir(root) or record_dir):
+        cleanup_stale(record_dir / "tmp")  # left by a killed run (we hold the lock: not in use)
         journal = Journal(record_dir, program.objective)
         try:
             state = journal.load()

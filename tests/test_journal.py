@@ -106,8 +106,7 @@ def test_load_rebuilds_the_state_for_a_resume(tmp_path: Path) -> None:
     j.write("start", index=3)
     state = Journal(tmp_path, "val_bpb").load()
     assert [r["index"] for r in state.records] == [1, 2]
-    assert (state.best, state.best_commit, state.best_runs) == (0.95, "0000001abcdef", 2)
-    assert state.noise_groups == [[1.0, 1.02, 0.98], [0.95, 0.95]]
+    assert (state.best, state.best_commit) == (0.95, "0000001abcdef")
     assert (state.unfinished, state.next_index, state.sessions) == (3, 3, 2)
     assert state.cost == {"usd": 1.0, "input_tokens": 20}
     assert state.baseline["sigma"] == 0.02

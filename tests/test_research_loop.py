@@ -216,3 +216,25 @@ def test_ctrl_c_restores_the_tree_and_completes_the_record(pytester: pytest.Pyte
     assert git(root, "status", "--porcelain", "--untracked-files=no") == ""
     assert (root / RECORD / "report.md").exists()
     assert "X = 5.0" in git(root, "show", "autoresearch/t1:toy/model.py")
+
+
+def test_time_budget_stops_before_an_experiment_that_would_not_fit(
+    pytester: pytest.Pytester,
+) -> None:
+    slow = "import time\ntime.sleep(4)\n"
+    root = make_toy(
+        pytester.path,
+        [step("move X to 5", 5.0, extra=slow), step("move X to 4", 4.0, extra=slow)],
+        timeout=30,
+    )
+    # Ten experiments of 8 s and more (two runs of a deterministic keep) cannot fit in 20 s:
+    # the run stops on its own, before an experiment that would overrun, and exits 0.
+    result = run_loop(pytester, 10, "--autoresearch-time-budget", "20s")
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    recs = experiments(root)
+    assert len(recs) < 3
+    end = read_jsonl(root / RECORD / "experiments.jsonl")[-1]
+    assert end["event"] == "end" and end["reason"].startswith("time budget"), end
+    assert "autoresearch summary" in out and "time budget" in out
+    assert git(root, "rev-parse", "--abbrev-ref", "HEAD") == "main"
