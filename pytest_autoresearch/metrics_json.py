@@ -1,5 +1,9 @@
 """Write and read the versioned metrics JSON (``--metrics-json``); the evaluator reads it too.
 
+In the research loop the same document (``build``) travels over the results channel
+(``channel.py``) instead of a file: a file could be rewritten by the measured code after
+pytest wrote it. ``--metrics-json`` stays for people's own runs and CI.
+
 The format is documented in docs/architecture.md ("The metrics JSON") and docs/metrics.md.
 Fields may be added in a version; none is renamed or removed without bumping VERSION.
 

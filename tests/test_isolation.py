@@ -180,6 +180,31 @@ def test_network_off_blocks_the_parents_loopback_but_keeps_its_own(repo: Path) -
     assert "blocked:" in out and "own loopback works" in out, out
 
 
+def test_sandbox_off_with_network_off_uses_only_a_network_namespace(repo: Path) -> None:
+    launcher = namespaces_or_skip(IsolationSpec(sandbox=False, network=False))
+    assert launcher.describe() == (
+        "isolation: sandbox off (program.md); network blocked (own network namespace, "
+        "loopback only)"
+    )
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        code, out = run(
+            launcher,
+            repo,
+            f"""
+            import os, socket
+            print("pid", os.getpid() > 2)
+            try:
+                socket.create_connection(("127.0.0.1", {server.getsockname()[1]}), timeout=3)
+            except OSError:
+                print("blocked")
+            """,
+        )
+    finally:
+        server.close()
+    assert code == 0 and "pid True" in out and "blocked" in out, out
+
+
 def test_network_allowed_reaches_the_parents_loopback(repo: Path) -> None:
     launcher = namespaces_or_skip(spec_for(repo))
     server = socket.create_server(("127.0.0.1", 0))
