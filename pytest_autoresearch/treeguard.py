@@ -72,6 +72,7 @@ class TreeGuard:
         # into the tree, the user's editor) is not the experiment's doing and is left alone.
         self.dirty: set[str] = set()
         self._saved: dict[str, str] = {}  # path -> backup file name
+        self._fresh: set[str] = set()  # put back since the last rebase
 
     # -- fingerprints -------------------------------------------------------------------
 
@@ -265,8 +266,11 @@ class TreeGuard:
         for p in now.files.keys() - files.keys():
             if p in now.tracked:
                 files[p] = now.files[p]  # committed by a keep
-        git = {p: now.git.get(p, k) for p, k in self.base.git.items()}
+        # Git's files: only what was just put back (same bytes, new inode) or what the
+        # loop itself moves; anything else stays as it was, to be restored next time.
+        git = {p: now.git.get(p, k) if p in self._fresh else k for p, k in self.base.git.items()}
         git |= {p: k for p, k in now.git.items() if self._is_own_git(p)}
+        self._fresh.clear()
         self.base = Fingerprint(files=files, git=git, index=dict(now.index))
 
     # -- helpers ------------------------------------------------------------------------
@@ -311,6 +315,7 @@ class TreeGuard:
             shutil.copy2(self.backup_dir / name, target, follow_symlinks=False)
         except OSError:
             return False
+        self._fresh.add(path)
         return True
 
 

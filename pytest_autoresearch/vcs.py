@@ -329,7 +329,7 @@ class ResearchRepo:
             else:
                 self._known_untracked.add(e.path)
         if ref is not None and now is not None:
-            visible = {e.path for e in entries}
+            visible = {e.path for e in entries} - self._nested  # a gitlink hides its files
             seen = {b.split(" (", 1)[0] for b in bad}
             found = self.guard.changes(
                 ref,

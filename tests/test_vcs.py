@@ -416,3 +416,201 @@ def test_commits_fall_back_to_a_fixed_identity_when_git_has_none(tmp_path: Path)
     snap = repo.snapshot("snap")
     assert git(root, "log", "-1", "--format=%an", snap) == "pytest-autoresearch"
     repo.finish()
+
+
+# -- what experiment code can touch besides tracked files (issue 12) ---------------------
+
+HOOK_NAMES = ("post-commit", "reference-transaction", "post-checkout", "pre-commit")
+
+
+def _plant_hooks(root: Path, marker: Path) -> None:
+    for name in HOOK_NAMES:
+        hook = root / ".git" / "hooks" / name
+        hook.write_text(f"#!/bin/sh\necho {name} >> {marker}\n")
+        hook.chmod(0o755)
+    monitor = root / "fsmonitor.sh"
+    monitor.write_text(f"#!/bin/sh\necho fsmonitor >> {marker}\n")
+    monitor.chmod(0o755)
+    with open(root / ".git" / "config", "a") as fh:
+        fh.write(f"[core]\n\tfsmonitor = {monitor}\n")
+
+
+def test_git_commands_of_the_loop_never_run_hooks_and_restore_removes_them(
+    repo_dir: Path, tmp_path: Path
+) -> None:
+    config_before = (repo_dir / ".git" / "config").read_text()
+    repo = started(repo_dir)
+    marker = tmp_path / "ran"
+    _plant_hooks(repo_dir, marker)
+    (repo_dir / "train.py").write_text("LR = 3\n")
+    repo.commit("kept")  # write-tree, commit-tree, update-ref: no hook runs
+    (repo_dir / "train.py").write_text("LR = 4\n")
+    repo.restore()
+    assert not marker.exists(), marker.read_text()
+    hooks = sorted(p.name for p in (repo_dir / ".git" / "hooks").iterdir())
+    assert not set(HOOK_NAMES) & set(hooks)  # gone: only the samples git init wrote
+    assert (repo_dir / ".git" / "config").read_text() == config_before
+    repo.finish()
+    assert not marker.exists()
+    # The check can fail: plain git runs such a hook.
+    _plant_hooks(repo_dir, marker)
+    git(repo_dir, "update-ref", "refs/heads/x", "HEAD")
+    assert "reference-transaction" in marker.read_text()
+
+
+def test_a_leftover_index_lock_stops_start_and_later_git_errors_say_what_to_do(
+    repo_dir: Path,
+) -> None:
+    lock = repo_dir / ".git" / "index.lock"
+    lock.write_text("")
+    with pytest.raises(VcsError, match=r"another git process is running in .*delete .*index\.lock"):
+        started(repo_dir)
+    lock.unlink()
+    repo = started(repo_dir)
+    lock.write_text("")  # a crashed git, or experiment code with .git writable
+    (repo_dir / "train.py").write_text("LR = 5\n")
+    with pytest.raises(VcsError, match="another git process is running") as exc:
+        repo.commit("blocked")
+    assert "Traceback" not in str(exc.value)
+    repo.restore()  # removes the lock it did not find at the start
+    assert not lock.exists()
+    repo.finish()
+
+
+def test_a_failing_git_command_becomes_a_vcs_error_with_git_s_words(repo_dir: Path) -> None:
+    repo = started(repo_dir)
+    repo.best = "f" * 40  # a commit that does not exist
+    with pytest.raises(
+        VcsError, match=r"git rev-parse .*failed in .*: .*f{40}.*your work is on autoresearch/t1"
+    ):
+        repo.snapshot("nope")
+
+
+def test_index_flags_and_a_dirty_submodule_stop_the_start(repo_dir: Path) -> None:
+    git(repo_dir, "update-index", "--skip-worktree", "harness.py")
+    with pytest.raises(VcsError, match=r"harness\.py \(skip-worktree\).*--no-skip-worktree"):
+        started(repo_dir)
+    git(repo_dir, "update-index", "--no-skip-worktree", "harness.py")
+    lib = make_repo(repo_dir / "vendor" / "lib", {"a.py": "A = 1\n"})
+    git(repo_dir, "add", "vendor/lib")
+    git(repo_dir, "commit", "-qm", "embed")
+    (lib / "a.py").write_text("A = 2\n")
+    with pytest.raises(VcsError, match=r"the submodule vendor/lib has uncommitted changes"):
+        started(repo_dir)
+    assert git(repo_dir, "symbolic-ref", "HEAD") == "refs/heads/main"
+
+
+def test_an_ignored_file_the_globs_match_is_reported_and_never_editable(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r", {**FILES, ".gitignore": "model/local_*.py\n"})
+    (root / "model" / "local_cfg.py").write_text("OFFSET = 0\n")
+    repo = ResearchRepo(root, "t1", editable)
+    info = repo.start()
+    assert info.ignored_editable == ["model/local_cfg.py"]
+    (root / "model" / "local_cfg.py").write_text("OFFSET = -7\n")  # by a proposal
+    assert repo.out_of_scope() == [
+        "model/local_cfg.py (changed, and git does not see it (ignored or nested))"
+    ]
+    repo.restore()
+    assert (root / "model" / "local_cfg.py").read_text() == "OFFSET = 0\n"
+    repo.finish()
+
+
+def test_the_evaluation_s_writes_are_judged_and_undone(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r", {**FILES, ".gitignore": "data/\n*.log\n"})
+    (root / "data").mkdir()
+    (root / "data" / "scale.txt").write_text("1\n")
+    (root / "data" / "big.bin").write_bytes(bytes(5 << 20))  # over the backup size cap
+    repo = started(root)
+    (root / "train.py").write_text("LR = 2\n")  # the candidate
+    assert repo.out_of_scope() == []
+    before = repo.fingerprint()
+    (root / "data" / "scale.txt").write_text("0\n")  # the metric reads it
+    (root / "tests" / "conftest.py").write_text("# rigs later runs\n")
+    (root / "model" / "gen.py").write_text("")  # written inside the editable set
+    (root / "run.log").write_text("loss 1\n")  # an output: fine, removed at the end
+    assert repo.out_of_scope(after="evaluation", since=before) == [
+        "data/scale.txt (changed by the evaluation)",
+        "model/gen.py (new file inside the editable set, written by the evaluation)",
+        "tests/conftest.py (new code file, written by the evaluation)",
+    ]
+    repo.restore()
+    assert (root / "data" / "scale.txt").read_text() == "1\n"
+    for gone in ("tests/conftest.py", "model/gen.py", "run.log"):
+        assert not (root / gone).exists(), gone
+    assert (root / "train.py").read_text() == FILES["train.py"]
+    before = repo.fingerprint()
+    with open(root / "data" / "big.bin", "r+b") as fh:  # no backup: must not pass silently
+        fh.write(b"\1")
+    assert repo.out_of_scope(after="evaluation", since=before) == [
+        "data/big.bin (changed by the evaluation)"
+    ]
+    with pytest.raises(VcsError, match=r"changed data/big\.bin.*had no backup.*restore them"):
+        repo.restore()
+
+
+def test_baseline_outputs_are_learned_and_bad_ones_refused(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "r", {**FILES, ".gitignore": "cache/\n"})
+    (root / "cache").mkdir()
+    (root / "cache" / "last.json").write_text("{}")
+    repo = started(root)
+    before = repo.fingerprint()
+    (root / "cache" / "last.json").write_text('{"loss": 1}')  # rewritten every run
+    (root / "results.csv").write_text("loss\n1\n")
+    repo.learn_baseline_outputs(before)
+    (root / "train.py").write_text("LR = 2\n")  # a candidate, then its evaluation:
+    before = repo.fingerprint()
+    (root / "cache" / "last.json").write_text('{"loss": 2}')
+    assert repo.out_of_scope(after="evaluation", since=before) == []
+    repo.restore()
+    assert (root / "cache" / "last.json").read_text() == "{}"  # as the user had it
+    assert not (root / "results.csv").exists()
+    for write, words in (
+        (lambda: (root / "model" / "w.py").write_text(""), "write model/w.py, inside the edit"),
+        (lambda: (root / "gen.py").write_text(""), "write the code file gen.py"),
+        (lambda: (root / "harness.py").write_text(""), "change harness.py, a file git tracks"),
+        (lambda: (root / ".git" / "hooks" / "x").write_text(""), "git's own file .git/hooks/x"),
+    ):
+        before = repo.fingerprint()
+        write()
+        with pytest.raises(VcsError, match=words):
+            repo.learn_baseline_outputs(before)
+        repo.restore()
+    assert not (root / "model" / "w.py").exists() and not (root / "gen.py").exists()
+    repo.finish()
+    assert status(root) == ""
+
+
+def test_a_nested_repository_is_never_editable_and_its_git_dir_is_restored(
+    tmp_path: Path,
+) -> None:
+    root = make_repo(tmp_path / "r", {**FILES})
+    lib = make_repo(root / "model" / "lib", {"a.py": "A = 1\n"})
+    git(root, "add", "model/lib")
+    git(root, "commit", "-qm", "embed")
+
+    def everything_in_model(path: str) -> bool:
+        return path.startswith("model/")
+
+    repo = ResearchRepo(root, "t1", everything_in_model)
+    repo.start()
+    (lib / ".git" / "hooks" / "post-commit").write_text("#!/bin/sh\n")
+    (lib / "a.py").write_text("A = 2\n")
+    bad = repo.out_of_scope()
+    assert "model/lib/.git/hooks/post-commit (git's own file, new by the proposal)" in bad
+    assert any(b.startswith("model/lib (") for b in bad), bad
+    repo.restore()
+    assert not (lib / ".git" / "hooks" / "post-commit").exists()
+    assert (lib / "a.py").read_text() == "A = 1\n"
+    repo.finish()
+    ResearchRepo(root, "t1", everything_in_model).start()  # the next start is not refused
+
+
+def test_safe_git_env_appends_to_the_user_s_config_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_autoresearch.vcs import safe_git_env
+
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    env = safe_git_env()
+    assert env["GIT_CONFIG_KEY_1"] == "core.hooksPath" and env["GIT_CONFIG_VALUE_1"] == os.devnull
+    assert int(env["GIT_CONFIG_COUNT"]) == 1 + sum(k.startswith("GIT_CONFIG_KEY_") for k in env)
