@@ -93,12 +93,12 @@ __all__ = [
 ALPHA = 0.01  # false keeps per experiment on a pure-noise objective, at most
 ALPHA_FIRST_RUN = 0.0005  # the part of ALPHA spent on keeping after a single run
 ALPHA_EARLY = 0.001  # ... after the middle looks (a clear gain stops early); the last: the rest
-LOOKS = (1, 3, 8)  # the rule looks after these runs: discard, confirm, or (first, last) keep
+LOOKS = (1, 3, 8)  # the rule looks after these runs; each may keep (its share) or discard
 MAX_RUNS = LOOKS[-1]  # runs of one candidate at most (the last look spends the rest of ALPHA)
 SCREEN = 0.8  # a first run this many standard errors better is confirmed
 FUTILITY_STEP = 0.3  # ... and each further run must be this much further above the best
 SIMPLIFY_SCREEN = -1.0  # a simpler candidate is confirmed while no worse than this (in se)
-REMEASURE_RUNS = 6  # fresh runs of a kept commit, part of the next best
+REMEASURE_RUNS = 6  # fresh runs of a kept commit (2 fewer after a full confirmation)
 DETERMINISTIC_AFTER = 3  # this many identical baseline runs: the metric has no noise
 BASELINE_RUNS = 8  # the baseline is the first best: measure it this often (program.md default)
 
