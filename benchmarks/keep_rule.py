@@ -3,13 +3,13 @@
     python benchmarks/keep_rule.py              # full run (about a minute on one core)
     python benchmarks/keep_rule.py --quick      # a fifth of the trials, for a smoke test
 
-Each simulated session follows the loop's protocol exactly (decide's module docstring):
-the baseline is run ``--baseline-runs`` times; every experiment is evaluated once and again
-while the rule says "confirm"; the runs after the first of a candidate with 3+ runs are a
-noise group; a keep measures the kept commit ``decision.remeasure`` times afresh and
-carries ``after_keep(...)`` forward (best, best_runs, noise group), and moves the anchor
-unless the keep was a simplification. Noise has unit variance, so gains are in sigmas.
-Results are recorded in docs/keep-rule.md ("Measured").
+Each simulated session follows the loop's protocol exactly (docs/keep-rule.md, "The
+loop's protocol"): the baseline is run ``--baseline-runs`` times (default 8); every
+experiment is evaluated once and again while the rule says "confirm"; a discarded
+candidate's ``noise_groups(runs)`` are pooled into sigma; a keep measures the kept commit
+``decision.remeasure`` times afresh, carries ``after_keep(...)`` forward (best, best_runs,
+noise groups) and moves the anchor unless the keep was a simplification. Noise has unit
+variance, so gains are in sigmas. Results are recorded in docs/keep-rule.md ("Measured").
 """
 
 from __future__ import annotations
@@ -125,7 +125,10 @@ class Session:
 
 
 def greedy(rng: random.Random, gains: list[float], runs: int = 1) -> list[Outcome]:
-    """Keep-if-better: keep whenever the mean of ``runs`` runs beats the best so far."""
+    """Keep-if-better: keep whenever the mean of ``runs`` runs beats the best so far.
+
+    The baseline is the mean of 3 runs; after that the best is the value that won.
+    """
     truth = 0.0
     best = sum(rng.gauss(0, 1) for _ in range(3)) / 3
     out = []

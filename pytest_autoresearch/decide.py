@@ -31,7 +31,6 @@ noise_groups(runs) -> list[list[float]]  a finished candidate's runs fit to pool
 code_lines_changed(diff_text) -> (added, removed)
     Lines of a unified diff (``git diff``) that change code: blank lines never count, nor
     comment-only lines in Python files.
-noise_runs(runs) -> list[float]          one such group (for callers that pool one per run)
 center(values) -> float                 the value the rule compares: the mean of the runs
 noise_sigma(values) -> float            stats.noise_sigma, re-exported for the loop
 constraint_violations(constraints, metrics) -> list[str]
@@ -86,7 +85,6 @@ __all__ = [
     "constraint_violations",
     "keep_decision",
     "noise_groups",
-    "noise_runs",
     "noise_sigma",
 ]
 
@@ -336,9 +334,10 @@ def code_lines_changed(diff_text: str) -> tuple[int, int]:
     old_left = new_left = 0  # lines still to read in the current hunk
     for line in diff_text.splitlines():
         if old_left <= 0 and new_left <= 0:
-            if line.startswith("+++ "):
-                path = line[4:].strip().strip('"')
-                python = path.endswith((".py", ".pyi"))
+            if line.startswith(("--- ", "+++ ")):
+                path = line[4:].split("\t")[0].strip().strip('"')
+                if path != "/dev/null":  # a deleted file is named on its "---" line
+                    python = path.endswith((".py", ".pyi"))
             elif line.startswith("@@"):
                 old_left, new_left = _hunk_sizes(line)
             continue
@@ -430,16 +429,6 @@ def _alpha_at(runs: int, looks: list[int], final: bool, alpha: float) -> float:
 
 def _looks(max_runs: int) -> list[int]:
     return [n for n in LOOKS if n < max_runs] + [max_runs]
-
-
-def noise_runs(candidate: Sequence[float]) -> list[float]:
-    """One group of a candidate's runs fit to pool (the last block; noise_groups has all).
-
-    Kept for callers that pool one group per candidate; pooling every group of
-    ``noise_groups`` uses all the evidence.
-    """
-    groups = noise_groups(candidate)
-    return groups[-1] if groups else []
 
 
 def _stdev(values: Sequence[float]) -> float:

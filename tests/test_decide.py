@@ -18,7 +18,6 @@ from pytest_autoresearch.decide import (
     constraint_violations,
     keep_decision,
     noise_groups,
-    noise_runs,
 )
 from pytest_autoresearch.program import Constraint
 
@@ -101,7 +100,6 @@ def test_noise_groups_are_the_blocks_between_looks() -> None:
     assert noise_groups(GOOD) == [GOOD[1:3], GOOD[3:8]]
     assert noise_groups(GOOD[:5]) == [GOOD[1:3]]  # the unfinished block is not pooled
     assert noise_groups([0.9]) == [] and noise_groups([0.9, 0.8]) == []
-    assert noise_runs(GOOD) == GOOD[3:8] and noise_runs([0.9]) == []
 
 
 def test_worse_or_equal_says_so() -> None:
@@ -264,3 +262,5 @@ def test_code_lines_changed_ignores_blank_and_comment_lines() -> None:
     assert code_lines_changed(only_comments) == (0, 0)
     new_file = "--- /dev/null\n+++ b/new.py\n@@ -0,0 +1,2 @@\n+A = 1\n+# doc\n"
     assert code_lines_changed(new_file) == (1, 0)
+    gone = "--- a/old.py\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-A = 1\n-# doc\n"
+    assert code_lines_changed(gone) == (0, 1)
