@@ -1,0 +1,295 @@
+"""Trials as Ray actor calls: a cluster's GPUs measure, the driver keeps everything else.
+
+Each worker is a Ray actor with a resource request (``num_cpus``, ``num_gpus``) holding a
+standalone checkout in its node's temp folder. A trial ships as the parent commit plus
+the candidate's diff (or a snapshot commit); the commits themselves travel once, as a git
+bundle in Ray's object store (``workspace.make_bundle``), fetched by an actor only when it
+lacks the parent. The actor runs ``run_trial`` (apply, evaluate in a fresh pytest process,
+restore) and returns the ``TrialResult``; proposing, deciding, committing and journaling
+stay on the driver.
+
+A lost worker or node (the actor's process died: ``RayActorError``) is retried once on a
+restarted actor; lost again, the trial comes back with ``error`` saying why, which the loop
+records as a crash. ``shutdown`` kills the actors (their evaluations die with them:
+PR_SET_PDEATHSIG) and, for ``address="local"``, stops the Ray instance it started.
+
+Ray is imported only here, and only when a RayExecutor is made: ``pip install
+'pytest-autoresearch[ray]'``. Every node needs git, Python and this package installed
+(or a ``runtime_env`` that installs them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_autoresearch.executors.base import Trial, TrialResult, run_trial, worker_env
+
+__all__ = ["RayExecutor", "RayWorker", "import_ray"]
+
+POLL = 0.2  # seconds per ray.wait, so Ctrl-C and the caller's timeout are seen promptly
+RETRIES = 1  # a trial whose worker was lost runs once more, then it is a crash
+CLONE_DIR = "autoresearch-ray"  # under the node's temp folder
+_CLONE = re.compile(r"^r\d+-(?P<pid>\d+)-")
+
+
+def import_ray() -> Any:
+    """``import ray``, or an ImportError that says how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(
+            f"--autoresearch-ray needs Ray ({exc}); install it with: "
+            "pip install 'pytest-autoresearch[ray]'"
+        ) from None
+    return ray
+
+
+class RayWorker:
+    """The actor: one checkout on its node, one trial at a time."""
+
+    def __init__(
+        self, name: str, prefix: str, threads: int, evaluate_kwargs: Mapping[str, Any]
+    ) -> None:
+        self.name = name
+        self.prefix = prefix
+        self.env = worker_env(name, threads=threads)
+        self.evaluate_kwargs = dict(evaluate_kwargs)
+        self.folder = Path(tempfile.gettempdir()) / CLONE_DIR
+        self.space: Any = None
+        _prune_clones(self.folder)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, trial: Trial, bundle_box: list[Any]) -> TrialResult:
+        """Measure ``trial``; ``bundle_box``: [ObjectRef of a bundle holding its commit]."""
+        from pytest_autoresearch.workspace import Workspace
+
+        commit = trial.snapshot_sha or trial.parent_sha
+        try:
+            if self.space is None:
+                self.space = Workspace.clone(
+                    _get(bundle_box[0]), self.folder, self.name, prefix=self.prefix
+                )
+            elif not self.space.has(commit):
+                self.space.fetch(_get(bundle_box[0]))
+        except Exception as exc:
+            return TrialResult(
+                trial.id, worker=self.name, host=_host(), error=f"could not check out: {exc}"
+            )
+        return run_trial(
+            self.space, trial, worker=self.name, env=self.env, evaluate_kwargs=self.evaluate_kwargs
+        )
+
+    def close(self) -> None:
+        if self.space is not None:
+            self.space.remove()
+            self.space = None
+
+
+def _get(ref: Any) -> bytes:
+    import ray
+
+    return ray.get(ref)
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _prune_clones(folder: Path) -> None:
+    """Checkouts left by actors that were killed (a lost worker, a killed driver)."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        m = _CLONE.match(path.name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+class RayExecutor:
+    """``workers`` Ray actors measuring trials; see the module docstring."""
+
+    def __init__(
+        self,
+        repo: Path | str,
+        address: str = "local",
+        workers: int = 2,
+        *,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        evaluate_kwargs: Mapping[str, Any] | None = None,
+        runtime_env: Mapping[str, Any] | None = None,
+        retries: int = RETRIES,
+    ) -> None:
+        """``address``: "local" (a throwaway instance on this machine), "auto" (the cluster
+        this machine is part of) or "ray://host:10001". An instance already initialised in
+        this process is used as it is. ``evaluate_kwargs`` must pickle (no launcher object:
+        isolation is set up on the worker's node).
+        """
+        if workers < 1:
+            raise ValueError(f"workers must be 1 or more, not {workers}")
+        ray = import_ray()
+        self.ray = ray
+        self.repo = Path(repo).resolve()
+        self.capacity = workers
+        self.retries = retries
+        self._owns = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {
+                "include_dashboard": False,
+                "logging_level": logging.WARNING,
+                "log_to_driver": False,  # evaluations' output is in their log tails
+            }
+            if runtime_env:
+                kwargs["runtime_env"] = dict(runtime_env)
+            if address == "local":
+                kwargs["num_cpus"] = max(1, int(round(workers * num_cpus)))
+                kwargs["num_gpus"] = int(round(workers * num_gpus))
+                self._owns = True
+            else:
+                kwargs["address"] = address
+            try:
+                ray.init(**kwargs)
+            except ConnectionError as exc:
+                raise ConnectionError(
+                    f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start "
+                    "--head) or use --autoresearch-ray local"
+                ) from None
+        prefix = _git_prefix(self.repo)
+        threads = max(1, int(num_cpus))
+        self._actor_class = ray.remote(
+            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0
+        )(RayWorker)
+        self.names = [f"r{i}" for i in range(workers)]
+        self.actors = [
+            self._actor_class.remote(name, prefix, threads, dict(evaluate_kwargs or {}))
+            for name in self.names
+        ]
+        self._idle: deque[int] = deque(range(workers))
+        self._queue: deque[tuple[Trial, int, list[str]]] = deque()
+        self._running: dict[Any, tuple[int, Trial, int, list[str], float]] = {}
+        self._bundles: dict[str, Any] = {}
+        self._closed = False
+
+    # -- the Executor protocol ------------------------------------------------------------
+
+    def submit(self, trial: Trial) -> None:
+        if self._closed:
+            raise RuntimeError("the executor is shut down; make a new one")
+        self._queue.append((trial, 1, []))
+        self._dispatch()
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[TrialResult]:
+        waited = 0.0
+        while (self._running or self._queue) and not self._closed:
+            self._dispatch()
+            ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=POLL)
+            if not ready:
+                waited += POLL
+                if timeout is not None and waited >= timeout:
+                    return
+                continue
+            waited = 0.0
+            result = self._collect(ready[0])
+            if result is not None:
+                yield result
+
+    def shutdown(self) -> None:
+        """Kill the actors (and their evaluations); stop a local instance we started."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        closing = [actor.close.remote() for actor in self.actors]
+        with contextlib.suppress(Exception):  # a busy or dead actor is killed below anyway
+            self.ray.wait(closing, num_returns=len(closing), timeout=2.0)
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor, no_restart=True)
+        self._running.clear()
+        self._bundles.clear()
+        if self._owns:
+            self.ray.shutdown()
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _bundle(self, commit: str) -> Any:
+        ref = self._bundles.get(commit)
+        if ref is None:
+            from pytest_autoresearch.workspace import make_bundle
+
+            ref = self.ray.put(make_bundle(self.repo, commit))
+            self._bundles = {commit: ref}  # the newest parent only: older ones are done with
+        return ref
+
+    def _dispatch(self) -> None:
+        while self._idle and self._queue:
+            trial, attempt, notes = self._queue.popleft()
+            i = self._idle.popleft()
+            box = [self._bundle(trial.snapshot_sha or trial.parent_sha)]
+            ref = self.actors[i].run.remote(trial, box)
+            self._running[ref] = (i, trial, attempt, notes, time.monotonic())
+
+    def _collect(self, ref: Any) -> TrialResult | None:
+        i, trial, attempt, notes, started = self._running.pop(ref)
+        self._idle.append(i)
+        try:
+            result: TrialResult = self.ray.get(ref)
+        except self.ray.exceptions.RayActorError as exc:
+            why = f"worker {self.names[i]} was lost ({_first_line(exc)})"
+            if attempt <= self.retries:
+                self._queue.appendleft((trial, attempt + 1, [*notes, why + ", retried"]))
+                self._dispatch()
+                return None
+            return TrialResult(
+                trial.id, worker=self.names[i], duration=time.monotonic() - started,
+                error=f"{why} {attempt} times; giving up", attempts=attempt, notes=notes,
+            )  # fmt: skip
+        except self.ray.exceptions.RayError as exc:
+            return TrialResult(
+                trial.id, worker=self.names[i], duration=time.monotonic() - started,
+                error=f"Ray failed to run it: {_first_line(exc)}", attempts=attempt, notes=notes,
+            )  # fmt: skip
+        result.attempts, result.notes = attempt, [*notes, *result.notes]
+        self._dispatch()
+        return result
+
+
+def _git_prefix(repo: Path) -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--show-prefix"], cwd=repo, capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        raise ValueError(f"{repo} is not inside a git repository: {out.stderr.strip()}")
+    return out.stdout.strip().rstrip("/")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

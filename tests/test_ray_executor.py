@@ -1,0 +1,167 @@
+"""The Ray executor for real: a local Ray instance, real git, real pytest evaluations.
+
+Few tests, one Ray instance for the module (starting one costs seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]')")
+
+from pytest_autoresearch.executors import Executor, Trial  # noqa: E402
+from pytest_autoresearch.executors.ray import CLONE_DIR, RayExecutor  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+METRIC = """
+import os, time
+from pytest_autoresearch import metric
+import knob
+
+
+@metric(goal="min")
+def test_loss():
+    time.sleep(knob.SLEEP)
+    return abs(knob.X - 3.0)
+
+
+@metric(goal="min")
+def test_worker():
+    assert os.environ["AUTORESEARCH_WORKER"].startswith("r")
+    return float(os.environ["AUTORESEARCH_NUM_THREADS"])
+"""
+# Only our plugin in the evaluations (the Ray workers' environment is the driver's at init).
+HINTS = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def git(root: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@e", *args],
+        cwd=root, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def knob(x: float, sleep: float = 0.0) -> str:
+    return f"X = {x!r}\nSLEEP = {sleep!r}\n"
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    (root / "tests").mkdir(parents=True)
+    (root / "knob.py").write_text(knob(10.0))
+    (root / "tests" / "test_metric.py").write_text(textwrap.dedent(METRIC))
+    (root / "pytest.ini").write_text("[pytest]\npythonpath = .\n")
+    (root / ".gitignore").write_text("__pycache__/\n")
+    git(tmp_path, "init", "-q", "-b", "main", str(root))
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "start")
+    return root
+
+
+def trial(root: Path, tid: str, x: float, sleep: float = 0.0, parent: str = "HEAD") -> Trial:
+    old = (root / "knob.py").read_text()
+    (root / "knob.py").write_text(knob(x, sleep))
+    parent_sha = git(root, "rev-parse", parent)
+    diff = subprocess.run(
+        ["git", "diff", "--binary", parent_sha], cwd=root, capture_output=True, text=True
+    ).stdout
+    (root / "knob.py").write_text(old)
+    return Trial(
+        tid, parent_sha, diff=diff, metric_args=("tests/test_metric.py",), timeout=120,
+        env_hints=HINTS, required=("loss",),
+    )  # fmt: skip
+
+
+def test_two_ray_workers_measure_candidates_shipped_as_parent_and_diff(
+    ray_local: None, repo: Path
+) -> None:
+    with RayExecutor(repo, "local", 2) as ex:
+        assert isinstance(ex, Executor) and ex.capacity == 2
+        ex.submit(trial(repo, "a", 4.0))
+        ex.submit(trial(repo, "b", 1.0))
+        results = {r.trial_id: r for r in ex.as_completed()}
+        assert {k: r.evaluations[0].metrics["loss"].value for k, r in results.items()} == {
+            "a": 1.0,
+            "b": 2.0,
+        }
+        assert all(r.ok and r.attempts == 1 and r.host for r in results.values())
+        assert {r.worker for r in results.values()} <= {"r0", "r1"}
+        # The best moves on the driver: the next parent reaches the workers as a bundle.
+        (repo / "knob.py").write_text(knob(5.0))
+        git(repo, "commit", "-qam", "kept")
+        ex.submit(trial(repo, "c", 3.5))
+        stale_diff = trial(repo, "d", 4.0, parent="HEAD~1")
+        ex.submit(Trial("d", git(repo, "rev-parse", "HEAD"), diff=stale_diff.diff,
+                        metric_args=stale_diff.metric_args, env_hints=HINTS))  # fmt: skip
+        later = {r.trial_id: r for r in ex.as_completed()}
+    assert later["c"].evaluations[0].metrics["loss"].value == 0.5
+    assert later["d"].stale and "does not apply" in later["d"].error
+    assert (repo / "knob.py").read_text() == knob(5.0)  # the user's checkout untouched
+
+
+def _busy_worker_pid(skip: set[int]) -> int | None:
+    """The pid of an actor whose evaluation is running (a busy actor answers no calls).
+
+    Its checkout is named after it (``r0-<pid>-...``), and the evaluation's pytest runs
+    with that checkout as its working directory.
+    """
+    for path in (Path(tempfile.gettempdir()) / CLONE_DIR).glob("r0-*-*"):
+        pid = int(path.name.split("-")[1])
+        if pid in skip or not Path(f"/proc/{pid}").exists():
+            continue
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and (proc / "cwd").resolve() == path.resolve():
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def kill_worker_during_trials(ex: RayExecutor, times: int) -> list:
+    """Kill the busy worker ``times`` times, each time once its trial is under way."""
+    killed: set[int] = set()
+    found: list = []
+    deadline = time.monotonic() + 180
+    while len(killed) < times and time.monotonic() < deadline:
+        found += list(ex.as_completed(timeout=0.3))  # collects a loss and re-dispatches
+        pid = _busy_worker_pid(killed)
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)  # the node loses the worker
+            killed.add(pid)
+    assert len(killed) == times
+    return found + list(ex.as_completed())
+
+
+def test_a_lost_worker_is_retried_once_then_the_trial_is_a_crash(
+    ray_local: None, repo: Path
+) -> None:
+    with RayExecutor(repo, "local", 1) as ex:
+        ex.submit(trial(repo, "once", 4.0, sleep=3.0))
+        [result] = kill_worker_during_trials(ex, 1)
+        assert result.ok and result.attempts == 2
+        assert result.evaluations[0].metrics["loss"].value == 1.0
+        assert "was lost" in result.notes[0] and "retried" in result.notes[0]
+
+        ex.submit(trial(repo, "twice", 4.0, sleep=20.0))
+        [result] = kill_worker_during_trials(ex, 2)
+    assert not result.ok and result.attempts == 2 and result.evaluations == []
+    assert "was lost" in result.error and "giving up" in result.error
