@@ -18,7 +18,7 @@ API::
       .drain()                         read what is left, without blocking
       .result() -> (dict | None, problem)
       .close()
-    WorkerChannel.open(spec) -> WorkerChannel   worker side (the plugin's --autoresearch-channel)
+    EvalChannel.open(spec) -> EvalChannel   worker side (the plugin's --autoresearch-channel)
       .send(data)                      one line, then the fd is closed; later calls do nothing
 """
 
@@ -184,7 +184,7 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-class WorkerChannel:
+class EvalChannel:
     """The worker's end: sends the document once, then has no way left to write."""
 
     def __init__(self, fd: int, nonce: str) -> None:
@@ -192,7 +192,7 @@ class WorkerChannel:
         self._nonce = nonce
 
     @classmethod
-    def open(cls, spec: str) -> WorkerChannel:
+    def open(cls, spec: str) -> EvalChannel:
         """Take the fds named by ``--autoresearch-channel W,N``: read the nonce, close N."""
         try:
             write_fd, nonce_fd = (int(part) for part in spec.split(","))

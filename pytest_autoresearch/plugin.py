@@ -132,10 +132,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) 
     spec = getattr(early_config.known_args_namespace, "autoresearch_channel", None)
     if spec is None:
         return
-    from pytest_autoresearch.channel import ChannelError, WorkerChannel
+    from pytest_autoresearch.channel import ChannelError, EvalChannel
 
     try:
-        early_config.stash[_CHANNEL_KEY] = WorkerChannel.open(spec)
+        early_config.stash[_CHANNEL_KEY] = EvalChannel.open(spec)
     except ChannelError as exc:
         raise pytest.UsageError(str(exc)) from None
     if hasattr(early_config.known_args_namespace, "numprocesses"):
@@ -375,7 +375,7 @@ class MetricsSession:
         self.settings = settings
         self.compare_data = compare_data
         self.track_tests = settings.json_path is not None or settings.save is not None
-        self.channel: Any = None  # an evaluation's WorkerChannel (see pytest_configure)
+        self.channel: Any = None  # an evaluation's EvalChannel (see pytest_configure)
         self.measurements: dict[str, Measurement] = {}
         self.tests: dict[str, dict[str, Any]] = {}
         self.problems: list[str] = []  # session-level errors (name collisions, write failures)

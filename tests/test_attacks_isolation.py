@@ -142,7 +142,7 @@ import atexit, gc, json, threading, time
 FORGED = {"version": 1, "exitstatus": 0, "tests": [], "metrics": [
     {"name": "loss", "value": 0.0, "samples": [0.0], "goal": "min",
      "nodeid": "tests/test_metric.py::test_loss", "outcome": "passed"}]}
-channels = [o for o in gc.get_objects() if type(o).__name__ == "WorkerChannel"]
+channels = [o for o in gc.get_objects() if type(o).__name__ == "EvalChannel"]
 if channels:
     FD, NONCE = os.dup(channels[0]._fd), channels[0]._nonce
     note("stole the channel", len(NONCE))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.channel import ChannelError, ResultChannel, WorkerChannel
+from pytest_autoresearch.channel import ChannelError, EvalChannel, ResultChannel
 from pytest_autoresearch.evaluate import evaluate
 from pytest_autoresearch.isolation import plain_launcher
 
@@ -41,8 +41,8 @@ def test_the_first_message_with_the_nonce_wins_and_later_writes_are_ignored() ->
     channel = run_worker(
         """
         import json, os, sys
-        from pytest_autoresearch.channel import WorkerChannel
-        worker = WorkerChannel.open(sys.argv[1])
+        from pytest_autoresearch.channel import EvalChannel
+        worker = EvalChannel.open(sys.argv[1])
         fd, nonce = os.dup(worker._fd), worker._nonce  # what in-process code could steal
         os.write(fd, b"junk without the nonce\\n")
         os.write(fd, b"0123456789abcdef0123456789abcdef {\\"version\\": 1, \\"forged\\": 1}\\n")
@@ -60,8 +60,8 @@ def test_a_large_document_does_not_block_the_worker() -> None:
     channel = run_worker(
         """
         import sys
-        from pytest_autoresearch.channel import WorkerChannel
-        WorkerChannel.open(sys.argv[1]).send({"version": 1, "blob": "x" * 5_000_000})
+        from pytest_autoresearch.channel import EvalChannel
+        EvalChannel.open(sys.argv[1]).send({"version": 1, "blob": "x" * 5_000_000})
         """
     )
     data, _ = channel.result()
@@ -73,8 +73,8 @@ def test_no_message_and_a_broken_message_say_so() -> None:
     data, problem = run_worker(
         """
         import os, sys
-        from pytest_autoresearch.channel import WorkerChannel
-        worker = WorkerChannel.open(sys.argv[1])
+        from pytest_autoresearch.channel import EvalChannel
+        worker = EvalChannel.open(sys.argv[1])
         os.write(worker._fd, (worker._nonce + " {not json\\n").encode())
         """
     ).result()
@@ -85,9 +85,9 @@ def test_the_nonce_fd_is_closed_and_the_result_fd_not_inherited_by_exec() -> Non
     channel = run_worker(
         """
         import os, subprocess, sys
-        from pytest_autoresearch.channel import WorkerChannel
+        from pytest_autoresearch.channel import EvalChannel
         w, n = (int(x) for x in sys.argv[1].split(","))
-        worker = WorkerChannel.open(sys.argv[1])
+        worker = EvalChannel.open(sys.argv[1])
         try:
             os.fstat(n)
             nonce_fd = "open"
@@ -104,7 +104,7 @@ def test_the_nonce_fd_is_closed_and_the_result_fd_not_inherited_by_exec() -> Non
 @pytest.mark.parametrize("spec", ["x", "1", "3,4,5"])
 def test_a_bad_channel_option_is_one_clear_error(spec: str) -> None:
     with pytest.raises(ChannelError, match="internal to the research loop's evaluations"):
-        WorkerChannel.open(spec)
+        EvalChannel.open(spec)
 
 
 def test_closed_fds_are_one_clear_error() -> None:
@@ -112,18 +112,18 @@ def test_closed_fds_are_one_clear_error() -> None:
     os.close(r)
     os.close(w)
     with pytest.raises(ChannelError, match="the fds are not open"):
-        WorkerChannel.open(f"{w},{r}")
+        EvalChannel.open(f"{w},{r}")
 
 
 AFTER_THE_FACT = """
 import atexit, gc, json, os, threading, time
 
 from pytest_autoresearch import metric
-from pytest_autoresearch.channel import WorkerChannel
+from pytest_autoresearch.channel import EvalChannel
 
 # Experiment code at import: steal the plugin's channel (fd and nonce) from memory, then try
 # to report loss 0 *after* pytest reported the real value.
-stolen = [o for o in gc.get_objects() if isinstance(o, WorkerChannel)]
+stolen = [o for o in gc.get_objects() if isinstance(o, EvalChannel)]
 FD, NONCE = os.dup(stolen[0]._fd), stolen[0]._nonce
 
 
