@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch.proposers.base import ProposalContext
-from pytest_autoresearch.proposers.sandbox import TOOL_NAME
+from pytest_autoresearch.proposers.editor import TOOL_NAME
 
 API_KEY = "sk-ant-test-0123456789abcdefSECRET"
 OPENAI_KEY = "sk-oai-test-0123456789abcdefSECRET"

@@ -12,7 +12,7 @@ import pytest
 
 from pytest_autoresearch.proposers import openai as oa
 from pytest_autoresearch.proposers.base import Failure, ProposerError, ProposerFatal
-from pytest_autoresearch.proposers.sandbox import EDITOR_FUNCTION
+from pytest_autoresearch.proposers.editor import EDITOR_FUNCTION
 
 try:
     from llm_server import (

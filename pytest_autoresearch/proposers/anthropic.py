@@ -1,10 +1,10 @@
 """The Anthropic proposer: Claude edits the editable files through its text editor tool.
 
 Each experiment is a multi-turn Messages API exchange: the model views and edits
-files with ``str_replace_based_edit_tool``; ``EditorSandbox`` runs every command
+files with ``str_replace_based_edit_tool``; ``FileEditor`` runs every command
 and answers with a ``tool_result``, until the model ends its turn or a turn/token
 cap is reached. ``LLMProposer`` holds what the Anthropic and OpenAI-compatible
-proposers share (sandbox, prompt, repair, cost, transcripts).
+proposers share (editor, prompt, repair, cost, transcripts).
 
 The ``anthropic`` package is imported only when a proposer is built.
 """
@@ -29,7 +29,7 @@ from pytest_autoresearch.proposers.base import (
     ProposerError,
     ProposerFatal,
 )
-from pytest_autoresearch.proposers.sandbox import TOOL_NAME, EditorSandbox, glob_matcher
+from pytest_autoresearch.proposers.editor import TOOL_NAME, FileEditor, glob_matcher
 from pytest_autoresearch.secrets import scrub  # re-exported for the other LLM proposers
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
@@ -118,7 +118,7 @@ class Exchange:
 
 
 class LLMProposer:
-    """What both LLM proposers share: sandbox, prompt, repair, cost carry-over, transcripts.
+    """What both LLM proposers share: editor, prompt, repair, cost carry-over, transcripts.
 
     A subclass provides ``_new_conversation``, ``_add_user_text`` and ``_turn``.
     """
@@ -138,7 +138,7 @@ class LLMProposer:
         self.history_tokens = history_tokens
         self.token_cap = token_cap
         self._conv: list[dict] | None = None
-        self._sandbox: EditorSandbox | None = None
+        self._editor: FileEditor | None = None
         self._description = ""
         self._attempt = 0
         self._unbilled = Cost()  # spent by failed exchanges; billed with the next proposal
@@ -154,7 +154,7 @@ class LLMProposer:
     def _add_user_text(self, conv: list[dict], text: str) -> None:
         raise NotImplementedError
 
-    def _turn(self, conv: list[dict], sandbox: EditorSandbox, ex: Exchange) -> bool:
+    def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
         """One API call and its tool calls; returns False when the model ended its turn."""
         raise NotImplementedError
 
@@ -162,39 +162,39 @@ class LLMProposer:
 
     def propose(self, ctx: ProposalContext) -> Proposal:
         """Let the model make one change; ProposerError if it made none."""
-        self._sandbox = _sandbox_for(ctx)
+        self._editor = _editor_for(ctx)
         self._attempt = 0
         system = prompt.system_prompt(ctx)
         self._conv = self._new_conversation(system, prompt.state_message(ctx, self.history_tokens))
-        ex = self._exchange(ctx, self._sandbox, "propose")
-        if self._sandbox.writes == 0:
+        ex = self._exchange(ctx, self._editor, "propose")
+        if self._editor.writes == 0:
             self._unbilled = self._unbilled + ex.cost
             raise LLMProposerError(
                 f"the model made no edit ({ex.stop}; {ex.turns} turns, "
-                f"{self._sandbox.refused} refused commands)",
+                f"{self._editor.refused} refused commands)",
                 ex.cost,
             )
-        self._description = prompt.extract_description(ex.final_text, self._sandbox.changed)
+        self._description = prompt.extract_description(ex.final_text, self._editor.changed)
         return self._proposal(ctx, ex, self._description)
 
     def repair(self, ctx: ProposalContext, failure: Failure) -> Proposal | None:
         """Show the model the failure and the log tail; None when it makes no further edit."""
         self._attempt += 1
         note = prompt.repair_message(failure, self._attempt)
-        if self._conv is None or self._sandbox is None:
+        if self._conv is None or self._editor is None:
             # A fresh proposer (e.g. after a restart): start over from the state.
-            self._sandbox = _sandbox_for(ctx)
+            self._editor = _editor_for(ctx)
             system = prompt.system_prompt(ctx)
             state = prompt.state_message(ctx, self.history_tokens)
             self._conv = self._new_conversation(system, state + "\n\n" + note)
         else:
             self._add_user_text(self._conv, note)
-        before = self._sandbox.writes
-        ex = self._exchange(ctx, self._sandbox, f"repair{self._attempt}")
-        if self._sandbox.writes == before:
+        before = self._editor.writes
+        ex = self._exchange(ctx, self._editor, f"repair{self._attempt}")
+        if self._editor.writes == before:
             self._unbilled = self._unbilled + ex.cost
             return None
-        desc = prompt.extract_description(ex.final_text, self._sandbox.changed)
+        desc = prompt.extract_description(ex.final_text, self._editor.changed)
         if desc == "(no description)" or desc.startswith("edited "):
             desc = self._description or desc
         self._description = desc
@@ -203,14 +203,14 @@ class LLMProposer:
     def observe(self, ctx: ProposalContext, proposal: Proposal, outcome: Outcome) -> None:
         """The journal is the memory (it reaches the next prompt); drop this conversation."""
         self._conv = None
-        self._sandbox = None
+        self._editor = None
 
     def close(self) -> None:
         self._conv = None
 
     # -- shared machinery -----------------------------------------------------------------
 
-    def _exchange(self, ctx: ProposalContext, sandbox: EditorSandbox, label: str) -> Exchange:
+    def _exchange(self, ctx: ProposalContext, editor: FileEditor, label: str) -> Exchange:
         ex = Exchange()
         assert self._conv is not None
         try:
@@ -221,7 +221,7 @@ class LLMProposer:
                 if ex.tokens >= self.token_cap:
                     ex.stop = f"token cap of {self.token_cap} reached"
                     break
-                if not self._turn(self._conv, sandbox, ex):
+                if not self._turn(self._conv, editor, ex):
                     break
         except LLMProposerError as exc:
             exc.cost = exc.cost + ex.cost
@@ -232,15 +232,15 @@ class LLMProposer:
         return ex
 
     def _proposal(self, ctx: ProposalContext, ex: Exchange, description: str) -> Proposal:
-        assert self._sandbox is not None
+        assert self._editor is not None
         cost, carried = ex.cost + self._unbilled, self._unbilled.usd
         self._unbilled = Cost()
         extra: dict[str, Any] = {
             "model": self.model,
             "turns": ex.turns,
             "tool_calls": ex.tool_calls,
-            "refused": self._sandbox.refused,
-            "files": list(self._sandbox.changed),
+            "refused": self._editor.refused,
+            "files": list(self._editor.changed),
             "stop": ex.stop,
         }
         if carried:
@@ -270,14 +270,14 @@ class LLMProposer:
             pass  # a transcript is a convenience; never fail an experiment over it
 
 
-def _sandbox_for(ctx: ProposalContext) -> EditorSandbox:
+def _editor_for(ctx: ProposalContext) -> FileEditor:
     program = ctx.program
     protected = [getattr(program, "program_relpath", None) or ""]
     with contextlib.suppress(ValueError, AttributeError, TypeError):
         protected.append(
             Path(program.path).resolve().relative_to(Path(ctx.root).resolve()).as_posix()
         )
-    return EditorSandbox(
+    return FileEditor(
         ctx.root,
         program.is_editable,
         _context_matcher(program),
@@ -392,7 +392,7 @@ class AnthropicProposer(LLMProposer):
                     kwargs["max_tokens"] = budget + self.max_tokens
         return kwargs
 
-    def _turn(self, conv: list[dict], sandbox: EditorSandbox, ex: Exchange) -> bool:
+    def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
         response = self._call(self._request(conv))
         ex.turns += 1
         self._bill(response.usage, ex)
@@ -409,10 +409,10 @@ class AnthropicProposer(LLMProposer):
         for use in uses:
             ex.tool_calls += 1
             if use.get("name") != TOOL_NAME:
-                sandbox.refused += 1
+                editor.refused += 1
                 answer, is_error = f"Error: unknown tool {use.get('name')!r}; use {TOOL_NAME}", True
             else:
-                answer, is_error = sandbox.execute(use.get("input"))
+                answer, is_error = editor.execute(use.get("input"))
             block: dict[str, Any] = {
                 "type": "tool_result",
                 "tool_use_id": use["id"],

@@ -1,6 +1,6 @@
 """The OpenAI-compatible proposer: any Chat Completions endpoint with tool calling.
 
-vLLM, llama.cpp's server, Ollama, LM Studio or a hosted API: the same sandbox and
+vLLM, llama.cpp's server, Ollama, LM Studio or a hosted API: the same editor and
 prompt as the Anthropic proposer, with the editor offered as a function tool that
 has the same commands. The ``openai`` package is imported only when it is built.
 """
@@ -27,7 +27,7 @@ from pytest_autoresearch.proposers.anthropic import (
     scrub,
 )
 from pytest_autoresearch.proposers.base import Cost, ProposerFatal
-from pytest_autoresearch.proposers.sandbox import EDITOR_FUNCTION, TOOL_NAME, EditorSandbox
+from pytest_autoresearch.proposers.editor import EDITOR_FUNCTION, TOOL_NAME, FileEditor
 
 NO_KEY = (
     "the openai proposer needs an endpoint: set OPENAI_API_KEY for OpenAI's API, or "
@@ -183,7 +183,7 @@ class OpenAIProposer(LLMProposer):
     def _add_user_text(self, conv: list[dict], text: str) -> None:
         conv.append({"role": "user", "content": text})
 
-    def _turn(self, conv: list[dict], sandbox: EditorSandbox, ex: Exchange) -> bool:
+    def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
         # OpenAI's own newer models take max_completion_tokens; local servers max_tokens.
         limit = "max_completion_tokens" if _is_openai(self.host) else "max_tokens"
         kwargs = {
@@ -219,20 +219,20 @@ class OpenAIProposer(LLMProposer):
         for c in calls:
             ex.tool_calls += 1
             conv.append(
-                {"role": "tool", "tool_call_id": c.id, "content": self._run_call(c, sandbox)}
+                {"role": "tool", "tool_call_id": c.id, "content": self._run_call(c, editor)}
             )
         return True
 
-    def _run_call(self, call: Any, sandbox: EditorSandbox) -> str:
+    def _run_call(self, call: Any, editor: FileEditor) -> str:
         if call.function.name != TOOL_NAME:
-            sandbox.refused += 1
+            editor.refused += 1
             return f"Error: unknown tool {call.function.name!r}; use {TOOL_NAME}"
         try:
             args = json.loads(call.function.arguments or "{}")
         except ValueError as exc:
-            sandbox.refused += 1
+            editor.refused += 1
             return f"Error: the arguments are not valid JSON ({exc}); send a JSON object"
-        return sandbox.execute(args)[0]
+        return editor.execute(args)[0]
 
     def _bill(self, usage: Any, ex: Exchange) -> None:
         if usage is None:

@@ -1,7 +1,7 @@
 """The text-editor tool executor, confined to the files program.md lets a model touch.
 
 An LLM proposer hands every ``str_replace_based_edit_tool`` command it receives to
-``EditorSandbox.execute``; the answer goes back to the model as a tool result. A
+``FileEditor.execute``; the answer goes back to the model as a tool result. A
 refused command is an answer too (``is_error``), so the model can read why and
 recover: nothing it asks for can write outside the editable files or read outside
 the editable and context files.
@@ -57,7 +57,7 @@ EDITOR_FUNCTION: dict[str, Any] = {
 }
 
 
-class SandboxError(Exception):
+class EditRefused(Exception):
     """A refused or failed editor command; the message is written for the model to read."""
 
 
@@ -88,7 +88,7 @@ def _glob_to_regex(pattern: str) -> str:
     return "".join(out)
 
 
-class EditorSandbox:
+class FileEditor:
     """Runs text-editor commands against ``root``: writes to editable files only."""
 
     def __init__(
@@ -126,19 +126,19 @@ class EditorSandbox:
         return bool(self._is_editable(rel)) or bool(self._readable(rel))
 
     def _relpath(self, path: Any) -> str:
-        """The normalised relative path, or SandboxError for anything that could escape."""
+        """The normalised relative path, or EditRefused for anything that could escape."""
         if not isinstance(path, str) or not path.strip():
-            raise SandboxError("'path' is required: a path relative to the project root")
+            raise EditRefused("'path' is required: a path relative to the project root")
         if "\x00" in path or "\\" in path:
-            raise SandboxError(f"invalid path {path!r}: use plain '/'-separated relative paths")
+            raise EditRefused(f"invalid path {path!r}: use plain '/'-separated relative paths")
         if path.startswith("/") or re.match(r"^[A-Za-z]:", path) or path.startswith("~"):
-            raise SandboxError(
+            raise EditRefused(
                 f"absolute path {path!r} refused: use a path relative to the project root, "
                 "e.g. train.py"
             )
         parts = [p for p in path.split("/") if p not in ("", ".")]
         if ".." in parts:
-            raise SandboxError(f"path {path!r} refused: '..' is not allowed")
+            raise EditRefused(f"path {path!r} refused: '..' is not allowed")
         return "/".join(parts)
 
     def _check_inside(self, rel: str, *, for_write: bool) -> Path:
@@ -149,18 +149,18 @@ class EditorSandbox:
             for part in rel.split("/"):
                 probe = probe / part
                 if probe.is_symlink():
-                    raise SandboxError(
+                    raise EditRefused(
                         f"{rel}: refused, '{probe.relative_to(self.root).as_posix()}' is a "
                         "symlink; edits go to regular files only"
                     )
         real = Path(os.path.realpath(target))
         if real != self.root and self.root not in real.parents:
-            raise SandboxError(f"{rel}: refused, it resolves outside the project")
+            raise EditRefused(f"{rel}: refused, it resolves outside the project")
         if not for_write and real != target:
             # A symlink inside the project: the file it reaches must be readable too.
             real_rel = real.relative_to(self.root).as_posix()
             if not self.can_read(real_rel):
-                raise SandboxError(f"{rel}: refused, it links to a file you may not view")
+                raise EditRefused(f"{rel}: refused, it links to a file you may not view")
         return target
 
     # -- commands -------------------------------------------------------------------------
@@ -169,14 +169,14 @@ class EditorSandbox:
         """Run one command; returns (text for the tool result, is_error)."""
         try:
             return self.run(tool_input), False
-        except SandboxError as exc:
+        except EditRefused as exc:
             self.refused += 1
             return f"Error: {exc}", True
 
     def run(self, tool_input: Any) -> str:
-        """Run one command, raising SandboxError with a message for the model."""
+        """Run one command, raising EditRefused with a message for the model."""
         if not isinstance(tool_input, dict):
-            raise SandboxError("the tool input must be an object with 'command' and 'path'")
+            raise EditRefused("the tool input must be an object with 'command' and 'path'")
         command = tool_input.get("command")
         handlers = {
             "view": self._view,
@@ -185,7 +185,7 @@ class EditorSandbox:
             "insert": self._insert,
         }
         if command not in handlers:
-            raise SandboxError(
+            raise EditRefused(
                 f"unknown command {command!r}: use view, str_replace, create or insert"
             )
         rel = self._relpath(tool_input.get("path"))
@@ -196,7 +196,7 @@ class EditorSandbox:
         if target.is_dir():
             return self._listing(rel, target)
         if not self.can_read(rel):
-            raise SandboxError(
+            raise EditRefused(
                 f"{rel}: you may view only the editable files and the context files "
                 "program.md lists"
             )
@@ -210,11 +210,11 @@ class EditorSandbox:
                 or len(view_range) != 2
                 or not all(isinstance(n, int) for n in view_range)
             ):
-                raise SandboxError("view_range must be two line numbers [start, end]")
+                raise EditRefused("view_range must be two line numbers [start, end]")
             start, end = view_range
             end = len(lines) if end == -1 else end
             if not 1 <= start <= max(len(lines), 1) or end < start:
-                raise SandboxError(f"view_range {view_range} is outside 1..{len(lines)}")
+                raise EditRefused(f"view_range {view_range} is outside 1..{len(lines)}")
             end = min(end, len(lines))
         out = "\n".join(f"{n:6d}\t{lines[n - 1]}" for n in range(start, end + 1))
         if len(out) > MAX_VIEW_CHARS:
@@ -240,45 +240,45 @@ class EditorSandbox:
 
     def _read(self, rel: str, target: Path) -> str:
         if not target.exists():
-            raise SandboxError(f"{rel}: no such file")
+            raise EditRefused(f"{rel}: no such file")
         if not target.is_file():
-            raise SandboxError(f"{rel}: not a regular file")
+            raise EditRefused(f"{rel}: not a regular file")
         size = target.stat().st_size
         if size > self.max_bytes:
-            raise SandboxError(
+            raise EditRefused(
                 f"{rel}: {size} bytes is more than the {self.max_bytes}-byte limit for editing"
             )
         data = target.read_bytes()
         if b"\x00" in data:
-            raise SandboxError(f"{rel}: binary file (contains NUL bytes); refused")
+            raise EditRefused(f"{rel}: binary file (contains NUL bytes); refused")
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError:
-            raise SandboxError(f"{rel}: not UTF-8 text; refused") from None
+            raise EditRefused(f"{rel}: not UTF-8 text; refused") from None
 
     def _writable(self, rel: str, *, must_exist: bool) -> Path:
         if not rel:
-            raise SandboxError("the project root is a directory; give a file path")
+            raise EditRefused("the project root is a directory; give a file path")
         if self.is_protected(rel) or not self._is_editable(rel):
-            raise SandboxError(
+            raise EditRefused(
                 f"{rel}: not an editable file (program.md lists which files may change); "
                 "edit one of the editable files instead"
             )
         target = self._check_inside(rel, for_write=True)
         if target.is_dir():
-            raise SandboxError(f"{rel}: is a directory; give a file path")
+            raise EditRefused(f"{rel}: is a directory; give a file path")
         if must_exist and not target.exists():
-            raise SandboxError(f"{rel}: no such file; use 'create' to make a new one")
+            raise EditRefused(f"{rel}: no such file; use 'create' to make a new one")
         if target.exists() and not stat.S_ISREG(target.lstat().st_mode):
-            raise SandboxError(f"{rel}: not a regular file")
+            raise EditRefused(f"{rel}: not a regular file")
         return target
 
     def _write(self, rel: str, target: Path, text: str) -> None:
         data = text.encode("utf-8")
         if b"\x00" in data:
-            raise SandboxError(f"{rel}: the new content contains NUL bytes; text only")
+            raise EditRefused(f"{rel}: the new content contains NUL bytes; text only")
         if len(data) > self.max_bytes:
-            raise SandboxError(
+            raise EditRefused(
                 f"{rel}: the new content is {len(data)} bytes, over the {self.max_bytes}-byte limit"
             )
         parent = target.parent
@@ -306,18 +306,18 @@ class EditorSandbox:
         target = self._writable(rel, must_exist=True)
         old, new = args.get("old_str"), args.get("new_str", "")
         if not isinstance(old, str) or old == "":
-            raise SandboxError("str_replace needs a non-empty 'old_str'")
+            raise EditRefused("str_replace needs a non-empty 'old_str'")
         if not isinstance(new, str):
-            raise SandboxError("'new_str' must be a string")
+            raise EditRefused("'new_str' must be a string")
         text = self._read(rel, target)
         count = text.count(old)
         if count == 0:
-            raise SandboxError(
+            raise EditRefused(
                 f"{rel}: old_str was not found; view the file and copy the exact text, "
                 "including whitespace"
             )
         if count > 1:
-            raise SandboxError(
+            raise EditRefused(
                 f"{rel}: old_str occurs {count} times; include more surrounding lines so it "
                 "matches exactly once"
             )
@@ -330,7 +330,7 @@ class EditorSandbox:
         target = self._writable(rel, must_exist=False)
         file_text = args.get("file_text")
         if not isinstance(file_text, str):
-            raise SandboxError("create needs 'file_text', the whole content of the file")
+            raise EditRefused("create needs 'file_text', the whole content of the file")
         existed = target.exists()
         self._write(rel, target, file_text)
         verb = "Overwrote" if existed else "Created"
@@ -341,13 +341,13 @@ class EditorSandbox:
         line = args.get("insert_line")
         new = args.get("insert_text", args.get("new_str"))
         if not isinstance(line, int) or isinstance(line, bool):
-            raise SandboxError("insert needs 'insert_line', a line number (0 = top of the file)")
+            raise EditRefused("insert needs 'insert_line', a line number (0 = top of the file)")
         if not isinstance(new, str):
-            raise SandboxError("insert needs 'insert_text', the text to insert")
+            raise EditRefused("insert needs 'insert_text', the text to insert")
         text = self._read(rel, target)
         lines = text.split("\n")
         if not 0 <= line <= len(lines):
-            raise SandboxError(f"insert_line {line} is outside 0..{len(lines)}")
+            raise EditRefused(f"insert_line {line} is outside 0..{len(lines)}")
         added = new[:-1] if new.endswith("\n") else new
         lines[line:line] = added.split("\n")
         updated = "\n".join(lines)

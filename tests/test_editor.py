@@ -1,4 +1,4 @@
-"""The editor sandbox against a real directory tree: what it does, and what it refuses."""
+"""The file editor against a real directory tree: what it does, and what it refuses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.proposers.sandbox import EditorSandbox, SandboxError, glob_matcher
+from pytest_autoresearch.proposers.editor import EditRefused, FileEditor, glob_matcher
 
 TRAIN = "LR = 0.01\nBATCH = 32\n\n\ndef train():\n    return LR * BATCH\n"
 
@@ -29,7 +29,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def make(root: Path, editable=("train.py", "src/**/*.py"), readable=("prepare.py",), **kw):
-    return EditorSandbox(root, glob_matcher(editable), readable, **kw)
+    return FileEditor(root, glob_matcher(editable), readable, **kw)
 
 
 def test_glob_matcher_double_star_spans_directories():
@@ -48,7 +48,7 @@ def test_view_numbers_lines_and_honours_view_range(project):
     assert part == "     2\tBATCH = 32"
     tail = box.run({"command": "view", "path": "train.py", "view_range": [5, -1]})
     assert tail.splitlines()[0] == "     5\tdef train():"
-    with pytest.raises(SandboxError, match="outside 1..7"):
+    with pytest.raises(EditRefused, match="outside 1..7"):
         box.run({"command": "view", "path": "train.py", "view_range": [9, 10]})
 
 
@@ -87,11 +87,11 @@ def test_str_replace_edits_and_tracks_the_change(project):
 def test_str_replace_needs_exactly_one_match(project):
     box = make(project)
     (project / "src" / "model.py").write_text("A = 1\nA = 1\n")
-    with pytest.raises(SandboxError, match="occurs 2 times"):
+    with pytest.raises(EditRefused, match="occurs 2 times"):
         box.run(
             {"command": "str_replace", "path": "src/model.py", "old_str": "A = 1", "new_str": ""}
         )
-    with pytest.raises(SandboxError, match="old_str was not found"):
+    with pytest.raises(EditRefused, match="old_str was not found"):
         box.run(
             {"command": "str_replace", "path": "train.py", "old_str": "LR=0.01", "new_str": "x"}
         )
@@ -221,7 +221,7 @@ def test_insert_at_top_and_end_keeps_mode(project):
     box.run({"command": "insert", "path": "train.py", "insert_line": n, "new_str": "# end"})
     assert (project / "train.py").read_text().endswith("\n# end")
     assert (project / "train.py").stat().st_mode & 0o777 == 0o755
-    with pytest.raises(SandboxError, match="outside 0.."):
+    with pytest.raises(EditRefused, match="outside 0.."):
         box.run({"command": "insert", "path": "train.py", "insert_line": 99, "insert_text": "x"})
 
 
