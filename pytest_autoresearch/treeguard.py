@@ -39,6 +39,9 @@ NO_BACKUP_NAMES = frozenset({"node_modules", "site-packages", ".tox", ".nox"})
 OWN_GIT_PARTS = ("HEAD", "packed-refs", "index")
 
 
+STATE_FILE = "tree-state.json"  # in the record dir: what begin() saw, the backups, outputs
+
+
 class Unrestorable(Exception):
     """Files changed that no backup can restore; the message names them and the fix."""
 
@@ -60,6 +63,7 @@ class TreeGuard:
         self.record_dir = Path(record_dir).resolve()
         self.backup_dir = self.record_dir / "tree-backup"
         self._list_index = list_index
+        self._top_refs = tuple(_name(d / "refs", self.workdir) + "/" for d in self.git_dirs)
         self._own_git = frozenset(
             _name(d / part, self.workdir)
             for d in self.git_dirs
@@ -91,7 +95,9 @@ class TreeGuard:
         shutil.rmtree(self.backup_dir, ignore_errors=True)
         self._saved = {}
         tracked = self.base.tracked
-        git_files = [p for p in self.base.git if not self._is_own_git(p)]
+        git_files = [
+            p for p in self.base.git if not self._is_own_git(p) and not self._is_top_ref(p)
+        ]
         others = [p for p in self.base.files if p not in tracked and self._backup_allowed(p)]
         budget = TOTAL_LIMIT
         for path in git_files + sorted(others, key=lambda p: self.base.files[p][0]):
@@ -100,7 +106,72 @@ class TreeGuard:
                 continue
             if self._save(path):
                 budget -= size
+        self.outputs |= set(self._load_state().get("outputs", ()))  # a resumed run's baseline
+        self._write_state()
         return self.base
+
+    def recover(self) -> list[str]:
+        """After a kill -9 mid-experiment, before ``begin``: undo what the killed run can't.
+
+        Git's hooks, config and info go back to the copies the killed run took at its start
+        (new hooks are removed); new untracked code files that appeared since then (a planted
+        conftest.py) are moved to ``<record>/quarantine/``, never deleted, since a file the
+        user added in between looks the same. Changed data files are not put back here.
+        """
+        old = self._load_state()
+        if not old:
+            return []
+        self._saved = dict(old.get("saved", {}))
+        now = self.take()
+        done: list[str] = []
+        old_git = set(old.get("git", ()))
+        for path in now.git:
+            if self._is_own_git(path) or self._is_top_ref(path):
+                continue
+            if path not in old_git:
+                _remove(self._abs(path))
+                done.append(path)
+            elif (
+                path in self._saved
+                and not _same(self._abs(path), self._backup(path))
+                and self._put_back(path)
+            ):
+                done.append(path)
+        for path in old_git - now.git.keys():
+            if path in self._saved and self._put_back(path):
+                done.append(path)
+        old_files = set(old.get("files", ()))
+        for path in sorted(now.files.keys() - old_files - now.tracked):
+            if fp.is_code(path):
+                target = self.record_dir / "quarantine" / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    os.replace(self._abs(path), target)
+                    done.append(path)
+        self._fresh.clear()
+        return done
+
+    def _load_state(self) -> dict:
+        try:
+            return json.loads((self.record_dir / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def _write_state(self) -> None:
+        if self.base is None:
+            return
+        state = {
+            "files": sorted(self.base.files),
+            "git": sorted(self.base.git),
+            "saved": self._saved,
+            "outputs": sorted(self.outputs),
+        }
+        with contextlib.suppress(OSError):
+            self.record_dir.mkdir(parents=True, exist_ok=True)
+            (self.record_dir / STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+
+    def _backup(self, path: str) -> Path:
+        return self.backup_dir / self._saved[path]
 
     def nested_roots(self, f: Fingerprint) -> set[str]:
         """Work-tree directories that hold another repository (nested .git or submodule)."""
@@ -199,6 +270,7 @@ class TreeGuard:
             )
         for p in fp.flag_changes(before, now):
             problems.append(f"the metric tests change git's index flags for {p}")
+        self._write_state()  # a resumed run measures no baseline: it needs these
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise Unrestorable(problems[0] + more)
@@ -212,8 +284,8 @@ class TreeGuard:
         now = self.take(index=False)
         fixed, lost = [], []
         for c in fp.diff(self.base.git, now.git):
-            if self._is_own_git(c.path):
-                continue
+            if self._is_own_git(c.path) or self._is_top_ref(c.path):
+                continue  # reported when experiment code moves them; never rewritten here
             if c.kind == "new":
                 _remove(self._abs(c.path))
                 fixed.append(c.path)
@@ -278,6 +350,10 @@ class TreeGuard:
     def _is_own_git(self, path: str) -> bool:
         return path in self._own_git
 
+    def _is_top_ref(self, path: str) -> bool:
+        """The repository's own branches and tags: the user's (and pushes) may move them."""
+        return path.startswith(self._top_refs)
+
     def _backup_allowed(self, path: str) -> bool:
         parts = path.split("/")
         if any(p in NO_BACKUP_NAMES for p in parts[:-1]):
@@ -300,8 +376,6 @@ class TreeGuard:
         except OSError:
             return False
         self._saved[path] = name
-        with contextlib.suppress(OSError):
-            (self.backup_dir / "manifest.json").write_text(json.dumps(self._saved))
         return True
 
     def _put_back(self, path: str) -> bool:
@@ -317,6 +391,13 @@ class TreeGuard:
             return False
         self._fresh.add(path)
         return True
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 def _covered(path: str, visible: set[str]) -> bool:

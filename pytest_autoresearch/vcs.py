@@ -196,11 +196,14 @@ class ResearchRepo:
                     f"{self.branch} (they become the starting point) or stash them, then run again"
                 )
             self.best = sha
+            recovered = self.guard.recover() if in_flight else []  # before git runs again
             self._known_untracked = {
-                e.path for e in entries if not e.tracked and not self._editable(e.path)
+                e.path
+                for e in entries
+                if not e.tracked and not self._editable(e.path) and e.path not in recovered
             }
             self._started = True
-            restored = self.restore()
+            restored = sorted({*self.restore(), *(self._show(p) for p in recovered)})
             resumed = True
         else:
             dirty = [e.path for e in entries if e.tracked]

@@ -614,3 +614,45 @@ def test_safe_git_env_appends_to_the_user_s_config_entries(
     env = safe_git_env()
     assert env["GIT_CONFIG_KEY_1"] == "core.hooksPath" and env["GIT_CONFIG_VALUE_1"] == os.devnull
     assert int(env["GIT_CONFIG_COUNT"]) == 1 + sum(k.startswith("GIT_CONFIG_KEY_") for k in env)
+
+
+def test_resume_after_a_kill_mid_evaluation_undoes_planted_hooks_and_code(
+    tmp_path: Path,
+) -> None:
+    root = make_repo(tmp_path / "r", {**FILES, ".gitignore": "cache/\n"})
+    (root / "cache").mkdir()
+    (root / "cache" / "last.json").write_text("{}")
+    config = (root / ".git" / "config").read_text()
+    record = root / ".autoresearch" / "t1"
+    repo = ResearchRepo(root, "t1", editable, record_dir=record)
+    repo.start()
+    before = repo.fingerprint()
+    (root / "cache" / "last.json").write_text('{"loss": 1}')  # the baseline's output
+    repo.learn_baseline_outputs(before)
+    # An experiment's evaluation, killed with kill -9 before the loop could look:
+    (root / "train.py").write_text("LR = 9\n")
+    hook = root / ".git" / "hooks" / "post-checkout"
+    hook.write_text("#!/bin/sh\n")
+    with open(root / ".git" / "config", "a") as fh:
+        fh.write("[core]\n\tfsmonitor = /bin/true\n")
+    (root / "tests" / "conftest.py").write_text("# rigs every later run\n")
+    git(root, "branch", "users-own-branch")  # made by the user in between: left alone
+    del repo
+
+    again = ResearchRepo(root, "t1", editable, record_dir=record)
+    info = again.start(in_flight=True)
+    assert info.restored == [
+        ".git/config",
+        ".git/hooks/post-checkout",
+        "tests/conftest.py",
+        "train.py",
+    ]
+    assert not hook.exists() and (root / ".git" / "config").read_text() == config
+    assert not (root / "tests" / "conftest.py").exists()
+    assert (record / "quarantine" / "tests" / "conftest.py").exists()  # moved, never deleted
+    assert git(root, "branch", "--list", "users-own-branch")
+    # The baseline is not measured again, but its outputs are still known as outputs.
+    before = again.fingerprint()
+    (root / "cache" / "last.json").write_text('{"loss": 2}')
+    assert again.out_of_scope(after="evaluation", since=before) == []
+    again.finish()
