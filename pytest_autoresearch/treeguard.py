@@ -110,6 +110,12 @@ class TreeGuard:
         self._write_state()
         return self.base
 
+    def forget_backups(self) -> None:
+        """After a clean end: drop the copies (the outputs stay known for a resume)."""
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        self._saved = {}
+        self._write_state()
+
     def recover(self) -> list[str]:
         """After a kill -9 mid-experiment, before ``begin``: undo what the killed run can't.
 

@@ -2,94 +2,76 @@
 
 How the loop uses it (every path it returns is relative to ``root``, posix style)::
 
-    repo = ResearchRepo(root, tag, program.is_editable)
-    repo.start()              # refuses a dirty tree; checks out autoresearch/<tag>;
-                              # resumes an existing branch; cleans up a killed experiment
-    ...baseline evaluation...; repo.out_of_scope(after="evaluation")
+    repo = ResearchRepo(root, tag, program.is_editable, record_dir=...)
+    info = repo.start()       # refuses a dirty tree, a leftover index.lock, index flags, a
+                              # dirty submodule; checks out autoresearch/<tag>; backs up
+                              # the small untracked files and git's hooks/config
+    per baseline run: fp = repo.fingerprint(); ...evaluate...; repo.learn_baseline_outputs(fp)
     for each experiment:
         proposer edits files
         bad = repo.out_of_scope()                     # after="proposal"
         if bad: repo.snapshot(msg); repo.restore(); record "rejected"; continue
-        ...evaluation...
-        bad = repo.out_of_scope(after="evaluation")   # tests may leave untracked outputs
+        fp = repo.fingerprint(); ...evaluate...
+        bad = repo.out_of_scope(after="evaluation", since=fp)   # what the evaluation wrote
         diff, (added, removed) = repo.diff_text(), repo.lines_changed()
-        keep: repo.commit(msg)   else: repo.snapshot(msg); repo.restore()
+        keep: repo.commit(msg) / advance_to(sha)   else: repo.snapshot(msg); repo.restore()
     repo.finish()             # in ``finally``: back on the user's branch, clean tree
 
+What git does not track (ignored files, nested repositories, ``.git`` itself, index
+flags) is watched by a ``treeguard.TreeGuard``: ``restore()`` puts back git's hooks and
+config before any other git command, removes outputs and planted files, and restores
+changed untracked files from its backups (or raises VcsError naming what it cannot).
+Every git command runs with hooks, fsmonitor and external diff switched off
+(``gitutil.safe_git_env``), and a failing one raises VcsError with git's message.
+
 Resuming after kill -9: ``start()`` finds HEAD still on the research branch with a
-half-done experiment in the editable files and calls ``restore()`` itself (the
-discarded paths are in ``StartInfo.restored``); tracked changes outside the editable
-files stop it instead, since those may be the user's.
+half-done experiment and calls ``restore()`` itself (the discarded paths are in
+``StartInfo.restored``), after ``TreeGuard.recover`` put back git's hooks and config and
+moved planted code files aside; tracked changes outside the editable files stop it
+instead, since those may be the user's.
 
 Rules: the user's branch is never committed to or reset; only editable changes are
-committed; untracked files are only removed inside editable paths, or when a proposal
-created them outside scope (their content is kept in the snapshot commit the loop
-takes first). ``.autoresearch/`` and ``__pycache__`` are never looked at or touched.
+committed; paths under ``.git``/``.autoresearch``, submodules and nested repositories and
+gitignored files are never editable, whatever the globs say. ``__pycache__`` and the
+record directory are never looked at.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch.fingerprint import Fingerprint
+from pytest_autoresearch.gitutil import (
+    Entry,
+    VcsError,
+    chunks,
+    flag_names,
+    git_errors,
+    git_message,
+    is_sha,
+    is_symlink,
+    lock_message,
+    open_repo,
+    parse_status,
+    remove_file,
+    safe_git_env,
+    short_list,
+    stat_key,
+)
 from pytest_autoresearch.treeguard import TreeGuard, Unrestorable
+
+__all__ = ["BRANCH_PREFIX", "ResearchRepo", "StartInfo", "VcsError", "safe_git_env"]
 
 BRANCH_PREFIX = "autoresearch/"
 FALLBACK_NAME = "pytest-autoresearch"
 FALLBACK_EMAIL = "autoresearch@localhost"
-# Config every git command of the loop runs with: experiment code may have written hooks
-# or an fsmonitor into the repository, and our commits, resets and checkouts must never
-# run them (they would see the loop's full environment, API keys included).
-SAFE_CONFIG = (
-    ("core.hooksPath", os.devnull),
-    ("core.fsmonitor", "false"),
-    ("core.untrackedCache", "false"),
-    ("diff.external", ""),
-)
-
-
-class VcsError(Exception):
-    """Git is in a state the research loop cannot work in; the message says what to do."""
-
-
-def _git_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A git command that fails inside ``method`` becomes a VcsError with git's own words."""
-
-    @functools.wraps(method)
-    def wrapper(self: ResearchRepo, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except VcsError:
-            raise
-        except Exception as exc:
-            if type(exc).__name__ != "GitCommandError":
-                raise
-            message = _git_message(exc)
-            lock = Path(self._repo.git_dir) / "index.lock"
-            if "index.lock" in message or lock.exists():
-                raise VcsError(_lock_message(self.workdir, lock)) from None
-            command = " ".join(str(a) for a in (getattr(exc, "command", None) or ["git"])[:3])
-            raise VcsError(
-                f"{command} failed in {self.workdir}: {message}; fix the repository and run "
-                f"again (your work is on {self.branch})"
-            ) from None
-
-    return wrapper
-
-
-def _lock_message(workdir: Path, lock: Path) -> str:
-    return (
-        f"another git process is running in {workdir}, or one crashed; if none is running "
-        f"delete {lock}"
-    )
 
 
 @dataclass
@@ -122,7 +104,7 @@ class ResearchRepo:
         self.branch = BRANCH_PREFIX + tag
         self.is_editable = is_editable
         self._record_dir = Path(record_dir) if record_dir else self.root / ".autoresearch"
-        self._repo = _open_repo(self.root)
+        self._repo = open_repo(self.root)
         self.workdir = Path(self._repo.working_tree_dir).resolve()
         rel = os.path.relpath(self.root, self.workdir)
         self.prefix = "" if rel == "." else Path(rel).as_posix()  # rootdir inside the work tree
@@ -152,7 +134,7 @@ class ResearchRepo:
 
     # -- public API ---------------------------------------------------------------------
 
-    @_git_errors
+    @git_errors
     def start(self, *, in_flight: bool = True) -> StartInfo:
         """Check out the research branch (created from HEAD if new); refuse unsafe states.
 
@@ -184,14 +166,14 @@ class ResearchRepo:
             if outside:
                 raise VcsError(
                     f"{self.branch} is checked out with changes outside the editable files: "
-                    f"{_list(self._show(p) for p in outside)}. They are not from the research "
+                    f"{short_list(self._show(p) for p in outside)}. They are not from the research "
                     "loop; commit or discard them (git stash) and run again"
                 )
             mine = [e.path for e in entries if e.tracked and self._editable(e.path)]
             if mine and not in_flight:
                 raise VcsError(
                     f"{self.branch} is checked out with uncommitted changes to "
-                    f"{_list(self._show(p) for p in mine)}, and no experiment was under way "
+                    f"{short_list(self._show(p) for p in mine)}, and no experiment was under way "
                     "when the last run stopped, so they are yours: commit them on "
                     f"{self.branch} (they become the starting point) or stash them, then run again"
                 )
@@ -210,7 +192,7 @@ class ResearchRepo:
             if dirty:
                 raise VcsError(
                     "the working tree has uncommitted changes: "
-                    f"{_list(self._show(p) for p in dirty)}. The research loop commits on its "
+                    f"{short_list(self._show(p) for p in dirty)}. The research loop commits on its "
                     "own branch and must start from a clean tree; commit or stash them first "
                     "(untracked files are fine)"
                 )
@@ -218,7 +200,7 @@ class ResearchRepo:
             if mine:
                 raise VcsError(
                     "untracked files inside the editable files: "
-                    f"{_list(self._show(p) for p in mine)}. The research loop commits new "
+                    f"{short_list(self._show(p) for p in mine)}. The research loop commits new "
                     "editable files and deletes them when it discards an experiment; commit "
                     "them, move them elsewhere, or add them to .gitignore first"
                 )
@@ -232,7 +214,7 @@ class ResearchRepo:
                 else:
                     git.checkout("-q", "-b", self.branch, "--")
             except Exception as exc:  # GitCommandError: say what git said
-                raise VcsError(f"could not check out {self.branch}: {_git_message(exc)}") from None
+                raise VcsError(f"could not check out {self.branch}: {git_message(exc)}") from None
             resumed = bool(branch_sha)
             self.best = branch_sha or sha
             self._known_untracked = {e.path for e in entries if not e.tracked}
@@ -262,12 +244,12 @@ class ResearchRepo:
         """The sha of the best commit (the research branch tip)."""
         return self.best
 
-    @_git_errors
+    @git_errors
     def fingerprint(self) -> Fingerprint:
         """Stat of every file the experiment could touch (cheap: lstat, one git ls-files)."""
         return self.guard.take()
 
-    @_git_errors
+    @git_errors
     def learn_baseline_outputs(self, before: Fingerprint) -> None:
         """After a baseline run: remember what the unchanged code writes; refuse what it must not.
 
@@ -281,7 +263,7 @@ class ResearchRepo:
         except Unrestorable as exc:
             raise VcsError(str(exc)) from None
 
-    @_git_errors
+    @git_errors
     def out_of_scope(
         self,
         is_editable: Callable[[str], bool] | None = None,
@@ -319,10 +301,10 @@ class ResearchRepo:
             if e.tracked:
                 if not editable:
                     bad.append(f"{path} ({e.kind})")
-                elif _is_symlink(self.workdir / e.path):
+                elif is_symlink(self.workdir / e.path):
                     bad.append(f"{path} (symlink)")
             elif editable:
-                if _is_symlink(self.workdir / e.path):
+                if is_symlink(self.workdir / e.path):
                     bad.append(f"{path} (symlink)")
             elif e.path in self._known_untracked:
                 continue
@@ -350,37 +332,37 @@ class ResearchRepo:
                     bad.append(f"{shown} ({why})")
         return bad
 
-    @_git_errors
+    @git_errors
     def changed_files(self) -> list[str]:
         """Files the candidate changed, added or deleted relative to the best commit."""
         return sorted(self._show(p) for p in self._candidate_paths(self._status()))
 
-    @_git_errors
+    @git_errors
     def diff_text(self) -> str:
         """Unified diff from the best commit to the candidate, new files included."""
         return self._diff()[0]
 
-    @_git_errors
+    @git_errors
     def lines_changed(self) -> tuple[int, int]:
         """(lines added, lines removed) by the candidate, for the simplicity criterion."""
         return self._diff()[1]
 
-    @_git_errors
+    @git_errors
     def snapshot(self, message: str) -> str:
         """A commit of the candidate whose parent is the best commit; moves no branch."""
         self._require_started()
         tree = self._candidate_tree()
         return self._commit_tree(tree, message)
 
-    @_git_errors
+    @git_errors
     def commit(self, message: str) -> str:
         """Commit the editable changes on the research branch; returns the new best sha."""
         bad = self.out_of_scope(after="evaluation")
         if bad:
-            raise VcsError(f"refusing to commit changes outside scope: {_list(bad)}")
+            raise VcsError(f"refusing to commit changes outside scope: {short_list(bad)}")
         git = self._repo.git
         paths = [p for p in self._candidate_paths(self._status()) if self._editable(p)]
-        for chunk in _chunks(paths):
+        for chunk in chunks(paths):
             git.add("-A", "--", *[":(literal)" + p for p in chunk])
         tree = git.write_tree()
         sha = self._commit_tree(tree, message)
@@ -389,7 +371,7 @@ class ResearchRepo:
         self._clean_tree()  # outputs of the evaluation are not left behind
         return sha
 
-    @_git_errors
+    @git_errors
     def advance_to(self, sha: str) -> None:
         """Move the research branch from the best commit to ``sha`` (a snapshot on top of it).
 
@@ -408,7 +390,7 @@ class ResearchRepo:
         self._tree_cache = self._diff_cache = None
         self._clean_tree()  # outputs of the evaluation are not left behind
 
-    @_git_errors
+    @git_errors
     def restore(self) -> list[str]:
         """Put the tree back to the best commit; returns the paths that were discarded."""
         if not self._started:
@@ -435,7 +417,7 @@ class ResearchRepo:
         if tracked or head_ref != ref or sha != self.best:
             git.reset("-q", "--hard", self.best)
         for path in remove:
-            _remove_file(self.workdir, path)
+            remove_file(self.workdir, path)
         self._flagged.clear()
         self._tree_cache = self._diff_cache = None
         cleaned = self._clean_tree()
@@ -454,7 +436,7 @@ class ResearchRepo:
         self.guard.rebase(self._clean)
         return cleaned
 
-    @_git_errors
+    @git_errors
     def finish(self) -> None:
         """Discard any unfinished candidate and return to the user's branch or commit."""
         if not self._started:
@@ -469,10 +451,11 @@ class ResearchRepo:
                 git.checkout("-q", "--detach", self.original, "--")
         except Exception as exc:
             raise VcsError(
-                f"could not return to {self.original}: {_git_message(exc)}; your work is on "
+                f"could not return to {self.original}: {git_message(exc)}; your work is on "
                 f"{self.branch}, check out {self.original} by hand"
             ) from None
         self._origin_file().unlink(missing_ok=True)
+        self.guard.forget_backups()  # copies of the user's files: not kept past a clean end
         self._started = False
 
     def _require_started(self) -> None:
@@ -481,7 +464,7 @@ class ResearchRepo:
 
     # -- status and paths ---------------------------------------------------------------
 
-    def _status(self) -> list[_Entry]:
+    def _status(self) -> list[Entry]:
         raw = self._repo.git.status(
             "--porcelain=v1",
             "-z",
@@ -490,10 +473,10 @@ class ResearchRepo:
             stdout_as_string=False,
             strip_newline_in_stdout=False,
         )
-        entries = _parse_status(os.fsdecode(raw))
+        entries = parse_status(os.fsdecode(raw))
         return [e for e in entries if not self._ignored(e)]
 
-    def _ignored(self, e: _Entry) -> bool:
+    def _ignored(self, e: Entry) -> bool:
         # Our own journal, and bytecode the evaluation leaves behind.
         if (e.path + "/").startswith(self._record_prefix):
             return True
@@ -540,7 +523,7 @@ class ResearchRepo:
     def _show(self, path: str) -> str:
         return posixpath.relpath(path, self.prefix) if self.prefix else path
 
-    def _candidate_paths(self, entries: list[_Entry]) -> list[str]:
+    def _candidate_paths(self, entries: list[Entry]) -> list[str]:
         return [e.path for e in entries if e.tracked or (e.path not in self._known_untracked)]
 
     # -- trees, diffs, commits ----------------------------------------------------------
@@ -548,7 +531,7 @@ class ResearchRepo:
     def _candidate_tree(self) -> str:
         """The tree of best + the working-tree state of every candidate path (temp index)."""
         paths = self._candidate_paths(self._status())
-        key = (self.best, tuple(paths), tuple(_stat_key(self.workdir / p) for p in paths))
+        key = (self.best, tuple(paths), tuple(stat_key(self.workdir / p) for p in paths))
         if self._tree_cache and self._tree_cache[0] == key:
             return self._tree_cache[1]
         git = self._repo.git
@@ -562,7 +545,7 @@ class ResearchRepo:
             env = {"GIT_INDEX_FILE": index}
             if not self._copy_index(index):
                 git.read_tree(self.best, env=env)
-            for chunk in _chunks(paths):
+            for chunk in chunks(paths):
                 git.add("-A", "-f", "--", *[":(literal)" + p for p in chunk], env=env)
             tree = git.write_tree(env=env)
         finally:
@@ -641,16 +624,16 @@ class ResearchRepo:
         try:
             head = (Path(self._repo.git_dir) / "HEAD").read_text(encoding="utf-8").strip()
             if not head.startswith("ref: "):
-                return (head, "HEAD") if _is_sha(head) else None
+                return (head, "HEAD") if is_sha(head) else None
             ref = head[5:]
             common = Path(self._repo.common_dir)
             loose = common / ref
             if loose.is_file():
                 sha = loose.read_text(encoding="utf-8").strip()
-                return (sha, ref) if _is_sha(sha) else None
+                return (sha, ref) if is_sha(sha) else None
             for line in (common / "packed-refs").read_text(encoding="utf-8").splitlines():
                 sha, _, name = line.partition(" ")
-                if name == ref and _is_sha(sha):
+                if name == ref and is_sha(sha):
                     return sha, ref
         except OSError:
             return None
@@ -674,7 +657,7 @@ class ResearchRepo:
     def _check_lock(self) -> None:
         lock = Path(self._repo.git_dir) / "index.lock"
         if lock.exists():
-            raise VcsError(_lock_message(self.workdir, lock))
+            raise VcsError(lock_message(self.workdir, lock))
 
     def _index_tags(self) -> dict[str, str]:
         """Every index entry with its ``git ls-files -v`` tag (S: skip-worktree, h: assumed)."""
@@ -686,9 +669,9 @@ class ResearchRepo:
         return out
 
     def _check_index_flags(self) -> None:
-        flagged = _flag_names(self._index_tags())
+        flagged = flag_names(self._index_tags())
         if flagged:
-            shown = _list(f"{self._show(p)} ({f})" for p, f in sorted(flagged.items()))
+            shown = short_list(f"{self._show(p)} ({f})" for p, f in sorted(flagged.items()))
             raise VcsError(
                 f"git is told to look away from changes to {shown}, so the loop could not see "
                 "an experiment change them; clear the flags first: git update-index "
@@ -697,18 +680,18 @@ class ResearchRepo:
             )
 
     def _clear_index_flags(self) -> None:
-        flagged = _flag_names(self._index_tags())
+        flagged = flag_names(self._index_tags())
         for flag in set(flagged.values()):  # one mode per call: git keeps only the last given
             paths = sorted(p for p, f in flagged.items() if f == flag)
-            for chunk in _chunks(paths):
+            for chunk in chunks(paths):
                 self._repo.git.update_index(f"--no-{flag}", "--", *chunk)
 
-    def _check_submodules(self, entries: list[_Entry]) -> None:
+    def _check_submodules(self, entries: list[Entry]) -> None:
         dirty = [e.path for e in entries if e.tracked and (self.workdir / e.path / ".git").exists()]
         if dirty:
             raise VcsError(
-                f"the submodule {_list(self._show(p) for p in dirty)} has uncommitted changes or "
-                "new files; commit or discard them inside it (git -C "
+                f"the submodule {short_list(self._show(p) for p in dirty)} has uncommitted "
+                "changes or new files; commit or discard them inside it (git -C "
                 f"{self._show(dirty[0])} status) and run again"
             )
 
@@ -739,141 +722,3 @@ class ResearchRepo:
         except OSError:
             return None
         return (value, kind == "branch") if value else None
-
-
-# -- helpers ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Entry:
-    code: str  # the two-letter porcelain status, "??" for untracked
-    path: str  # relative to the work tree
-
-    @property
-    def tracked(self) -> bool:
-        return self.code != "??"
-
-    @property
-    def kind(self) -> str:
-        if "D" in self.code:
-            return "deleted"
-        if self.code[0] == "A":
-            return "added"
-        if "T" in self.code:
-            return "type changed"
-        if "U" in self.code or self.code in ("AA", "DD"):
-            return "unmerged"
-        return "modified"
-
-
-def _parse_status(raw: str) -> list[_Entry]:
-    entries: list[_Entry] = []
-    fields = raw.split("\0")
-    i = 0
-    while i < len(fields):
-        item = fields[i]
-        i += 1
-        if len(item) < 4:
-            continue
-        code, path = item[:2], item[3:]
-        if code[0] in "RC":  # --no-renames makes these rare; the source path follows
-            entries.append(_Entry("D ", fields[i]))
-            i += 1
-        entries.append(_Entry(code, path.rstrip("/")))
-    return entries
-
-
-def _open_repo(root: Path) -> Any:
-    try:
-        import git
-    except ImportError as exc:
-        raise VcsError(
-            f"--autoresearch needs GitPython and the git command ({exc}); "
-            "pip install 'pytest-autoresearch[research]' and make sure git is on PATH"
-        ) from None
-    try:
-        repo = git.Repo(root, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise VcsError(
-            f"{root} is not inside a git repository; the research loop keeps its experiments "
-            "on a git branch. Run git init && git add -A && git commit -m 'initial' first"
-        ) from None
-    if repo.bare or repo.working_tree_dir is None:
-        raise VcsError(f"{root} is in a bare git repository; run it in a checkout")
-    return repo
-
-
-def safe_git_env() -> dict[str, str]:
-    """GIT_CONFIG_COUNT/KEY/VALUE entries (after any the user set) that switch off hooks etc."""
-    try:
-        n = int(os.environ.get("GIT_CONFIG_COUNT", "0"))
-    except ValueError:
-        n = 0
-    env: dict[str, str] = {}
-    for i, (key, value) in enumerate(SAFE_CONFIG, start=n):
-        env[f"GIT_CONFIG_KEY_{i}"] = key
-        env[f"GIT_CONFIG_VALUE_{i}"] = value
-    env["GIT_CONFIG_COUNT"] = str(n + len(SAFE_CONFIG))
-    return env
-
-
-def _flag_names(tags: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for path, tag in tags.items():
-        if tag == "S":
-            out[path] = "skip-worktree"
-        elif tag.islower():
-            out[path] = "assume-unchanged"
-    return out
-
-
-def _git_message(exc: Exception) -> str:
-    text = (getattr(exc, "stderr", "") or str(exc)).strip()
-    text = text.removeprefix("stderr:").strip().strip("'").strip()
-    return " ".join(text.split()) or type(exc).__name__
-
-
-def _is_sha(text: str) -> bool:
-    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
-
-
-def _is_symlink(path: Path) -> bool:
-    return path.is_symlink()
-
-
-def _stat_key(path: Path) -> tuple[int, int, int]:
-    try:
-        st = path.lstat()
-    except OSError:
-        return (-1, -1, -1)
-    return (st.st_mode, st.st_size, st.st_mtime_ns)
-
-
-def _remove_file(workdir: Path, path: str) -> None:
-    """Remove one untracked file and the directories it leaves empty (never the work tree)."""
-    target = workdir / path
-    try:
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-    except FileNotFoundError:
-        pass
-    parent = target.parent
-    while parent != workdir and workdir in parent.parents:
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-        parent = parent.parent
-
-
-def _chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _list(items: Iterable[str], limit: int = 8) -> str:
-    items = list(items)
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
