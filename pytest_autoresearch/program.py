@@ -9,6 +9,14 @@ Program(path, editable, objective, guards=(), holdout=None, constraints=(), time
     .is_editable(relpath) -> bool       posix path relative to the root; ``**`` spans dirs
     .editable_files(root) -> list[str]  sorted relative posix paths of existing files
     .check_metrics(goals) -> None       {metric: goal}; raises ProgramError for missing ones
+    .protected_reason(relpath) -> str | None   why a path stays protected whatever the globs
+                                        say (.git, .autoresearch, conftest.py, the program,
+                                        .gitmodules/.gitattributes, paths given below); casefolded
+    .with_protected(paths or {path: why}) -> Program   also protect metric tests, guards (a
+                                        directory protects what is under it), the ini file
+    .protected_overlaps(root) -> list[str]   one line per glob covering a protected path
+    .glob_for(relpath) -> str | None    "the editable glob 'g' (program.md line 2)"
+    .sandbox, .network: bool            program.md ``sandbox:``/``network:`` (default on)
 load_program(path, root) -> Program     reads and validates; raises ProgramError
 parse_program(text, path, root) -> Program
 glob_to_regex(glob) -> re.Pattern
@@ -141,8 +149,10 @@ class Program:
             return "the research program"
         if _PROTECTED_PARTS.intersection(parts):
             return "git's or the loop's own files"
-        if folded in self.protected:
-            return self.protected[folded]
+        for i in range(len(parts), 0, -1):  # the path itself, or a protected directory
+            why = self.protected.get("/".join(parts[:i]))
+            if why is not None:
+                return why
         if parts[-1] in _PROTECTED_NAMES:
             return "a conftest file" if parts[-1] == "conftest.py" else "git configuration"
         return None
@@ -152,7 +162,7 @@ class Program:
         given = paths.items() if isinstance(paths, Mapping) else ((p, "protected") for p in paths)
         extra = dict(self.protected)
         for path, why in given:
-            rel = _normalise(str(path))
+            rel = _normalise(str(path).rstrip("/\\"))
             if rel is not None:
                 extra.setdefault(rel.casefold(), why)
         return replace(self, protected=extra)

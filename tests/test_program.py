@@ -290,3 +290,10 @@ def test_sandbox_and_network_are_on_by_default_and_take_on_off(root: Path) -> No
         f"{root / 'program.md'}:4: network must be on or off, got 'sometimes'; "
         "write network: on (or network: off)"
     )
+
+
+def test_a_protected_directory_protects_what_is_under_it(root: Path) -> None:
+    p = load_program(write(root, "---\neditable: ['**/*.py']\nobjective: l\n---\n"), root)
+    p = p.with_protected(["tests/"])
+    assert not p.is_editable("tests/test_model.py") and not p.is_editable("Tests/sub/x.py")
+    assert p.is_editable("nanochat/train.py") and p.is_editable("tests_other/x.py")
