@@ -5,12 +5,8 @@ Few tests, one Ray instance for the module (starting one costs seconds).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +14,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]')")
 
 from pytest_autoresearch.executors import Executor, Trial  # noqa: E402
-from pytest_autoresearch.executors.ray import CLONE_DIR, RayExecutor  # noqa: E402
+from pytest_autoresearch.executors.ray import RayExecutor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +26,11 @@ import knob
 
 @metric(goal="min")
 def test_loss():
+    marker = os.environ.get("KILL_MARKER", "")
+    if knob.KILL == "always" or (knob.KILL == "once" and not os.path.exists(marker)):
+        open(marker, "w").close()
+        os.kill(os.getppid(), 9)  # the Ray worker running this evaluation dies (a lost node)
+        time.sleep(60)
     time.sleep(knob.SLEEP)
     return abs(knob.X - 3.0)
 
@@ -51,8 +52,8 @@ def git(root: Path, *args: str) -> str:
     return out.stdout.strip()
 
 
-def knob(x: float, sleep: float = 0.0) -> str:
-    return f"X = {x!r}\nSLEEP = {sleep!r}\n"
+def knob(x: float, sleep: float = 0.0, kill: str = "") -> str:
+    return f"X = {x!r}\nSLEEP = {sleep!r}\nKILL = {kill!r}\n"
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +77,11 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def trial(root: Path, tid: str, x: float, sleep: float = 0.0, parent: str = "HEAD") -> Trial:
+def trial(
+    root: Path, tid: str, x: float, sleep: float = 0.0, parent: str = "HEAD", kill: str = ""
+) -> Trial:
     old = (root / "knob.py").read_text()
-    (root / "knob.py").write_text(knob(x, sleep))
+    (root / "knob.py").write_text(knob(x, sleep, kill))
     parent_sha = git(root, "rev-parse", parent)
     diff = subprocess.run(
         ["git", "diff", "--binary", parent_sha], cwd=root, capture_output=True, text=True
@@ -86,7 +89,8 @@ def trial(root: Path, tid: str, x: float, sleep: float = 0.0, parent: str = "HEA
     (root / "knob.py").write_text(old)
     return Trial(
         tid, parent_sha, diff=diff, metric_args=("tests/test_metric.py",), timeout=120,
-        env_hints=HINTS, required=("loss",),
+        env_hints={**HINTS, "KILL_MARKER": str(root.parent / f"{tid}.killed")},
+        required=("loss",),
     )  # fmt: skip
 
 
@@ -117,51 +121,21 @@ def test_two_ray_workers_measure_candidates_shipped_as_parent_and_diff(
     assert (repo / "knob.py").read_text() == knob(5.0)  # the user's checkout untouched
 
 
-def _busy_worker_pid(skip: set[int]) -> int | None:
-    """The pid of an actor whose evaluation is running (a busy actor answers no calls).
-
-    Its checkout is named after it (``r0-<pid>-...``), and the evaluation's pytest runs
-    with that checkout as its working directory.
-    """
-    for path in (Path(tempfile.gettempdir()) / CLONE_DIR).glob("r0-*-*"):
-        pid = int(path.name.split("-")[1])
-        if pid in skip or not Path(f"/proc/{pid}").exists():
-            continue
-        for proc in Path("/proc").iterdir():
-            try:
-                if proc.name.isdigit() and (proc / "cwd").resolve() == path.resolve():
-                    return pid
-            except OSError:
-                continue
-    return None
-
-
-def kill_worker_during_trials(ex: RayExecutor, times: int) -> list:
-    """Kill the busy worker ``times`` times, each time once its trial is under way."""
-    killed: set[int] = set()
-    found: list = []
-    deadline = time.monotonic() + 180
-    while len(killed) < times and time.monotonic() < deadline:
-        found += list(ex.as_completed(timeout=0.3))  # collects a loss and re-dispatches
-        pid = _busy_worker_pid(killed)
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)  # the node loses the worker
-            killed.add(pid)
-    assert len(killed) == times
-    return found + list(ex.as_completed())
-
-
 def test_a_lost_worker_is_retried_once_then_the_trial_is_a_crash(
     ray_local: None, repo: Path
 ) -> None:
     with RayExecutor(repo, "local", 1) as ex:
-        ex.submit(trial(repo, "once", 4.0, sleep=3.0))
-        [result] = kill_worker_during_trials(ex, 1)
+        ex.submit(trial(repo, "once", 4.0, kill="once"))  # its worker dies the first time
+        [result] = list(ex.as_completed())
         assert result.ok and result.attempts == 2
         assert result.evaluations[0].metrics["loss"].value == 1.0
         assert "was lost" in result.notes[0] and "retried" in result.notes[0]
 
-        ex.submit(trial(repo, "twice", 4.0, sleep=20.0))
-        [result] = kill_worker_during_trials(ex, 2)
-    assert not result.ok and result.attempts == 2 and result.evaluations == []
-    assert "was lost" in result.error and "giving up" in result.error
+        ex.submit(trial(repo, "twice", 4.0, kill="always"))
+        [result] = list(ex.as_completed())
+        assert not result.ok and result.attempts == 2 and result.evaluations == []
+        assert "was lost" in result.error and "giving up" in result.error
+
+        ex.submit(trial(repo, "after", 2.0))  # the restarted worker goes on measuring
+        [result] = list(ex.as_completed())
+    assert result.ok and result.evaluations[0].metrics["loss"].value == 1.0

@@ -8,10 +8,10 @@ lacks the parent. The actor runs ``run_trial`` (apply, evaluate in a fresh pytes
 restore) and returns the ``TrialResult``; proposing, deciding, committing and journaling
 stay on the driver.
 
-A lost worker or node (the actor's process died: ``RayActorError``) is retried once on a
-restarted actor; lost again, the trial comes back with ``error`` saying why, which the loop
-records as a crash. ``shutdown`` kills the actors (their evaluations die with them:
-PR_SET_PDEATHSIG) and, for ``address="local"``, stops the Ray instance it started.
+A lost worker or node (the actor's process died: ``RayActorError``) is replaced by a fresh
+actor and the trial retried once; lost again, the trial comes back with ``error`` saying
+why, which the loop records as a crash. ``shutdown`` kills the actors (their evaluations
+die with them: PR_SET_PDEATHSIG) and, for ``address="local"``, stops the Ray instance it started.
 
 Ray is imported only here, and only when a RayExecutor is made: ``pip install
 'pytest-autoresearch[ray]'``. Every node needs git, Python and this package installed
@@ -177,14 +177,14 @@ class RayExecutor:
                 ) from None
         prefix = _git_prefix(self.repo)
         threads = max(1, int(num_cpus))
+        # No restarts by Ray: a lost actor is replaced by a fresh one (calls to an actor that
+        # is being created wait for it; calls to one being restarted fail as "unavailable").
         self._actor_class = ray.remote(
-            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=-1, max_task_retries=0
+            num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0
         )(RayWorker)
+        self._actor_args = (prefix, threads, dict(evaluate_kwargs or {}))
         self.names = [f"r{i}" for i in range(workers)]
-        self.actors = [
-            self._actor_class.remote(name, prefix, threads, dict(evaluate_kwargs or {}))
-            for name in self.names
-        ]
+        self.actors = [self._actor_class.remote(name, *self._actor_args) for name in self.names]
         self._idle: deque[int] = deque(range(workers))
         self._queue: deque[tuple[Trial, int, list[str]]] = deque()
         self._running: dict[Any, tuple[int, Trial, int, list[str], float]] = {}
@@ -263,6 +263,9 @@ class RayExecutor:
             result: TrialResult = self.ray.get(ref)
         except self.ray.exceptions.RayActorError as exc:
             why = f"worker {self.names[i]} was lost ({_first_line(exc)})"
+            with contextlib.suppress(Exception):
+                self.ray.kill(self.actors[i], no_restart=True)
+            self.actors[i] = self._actor_class.remote(self.names[i], *self._actor_args)
             if attempt <= self.retries:
                 self._queue.appendleft((trial, attempt + 1, [*notes, why + ", retried"]))
                 self._dispatch()
