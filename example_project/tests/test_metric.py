@@ -87,7 +87,7 @@ def train_and_score(profile_name: str, tmp_path: Path) -> dict[str, float]:
 
     assert "nanochat.train" not in sys.modules, (
         "train.py was imported into the process that computes val_bpb: its code could change "
-        "the score. Check train.py only in a subprocess (see tests/trainer_checks.py)."
+        "the score. Import it only in subprocesses; score what it exports."
     )
     device = "cuda" if profile.name == "gpu" else "cpu"
     model = prepare.load_model(ckpt, device)
