@@ -6,7 +6,9 @@ Few tests, one Ray instance for the module (starting one costs seconds).
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]')")
 
 from pytest_autoresearch.executors import Executor, Trial  # noqa: E402
-from pytest_autoresearch.executors.ray import RayExecutor  # noqa: E402
+from pytest_autoresearch.executors.ray import CLONE_DIR, RayExecutor  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -139,3 +141,34 @@ def test_a_lost_worker_is_retried_once_then_the_trial_is_a_crash(
         ex.submit(trial(repo, "after", 2.0))  # the restarted worker goes on measuring
         [result] = list(ex.as_completed())
     assert result.ok and result.evaluations[0].metrics["loss"].value == 1.0
+
+
+def _evaluations_under(folder: Path) -> list[int]:
+    """Processes whose working directory is inside ``folder`` (the evaluations' pytest)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and folder in (proc / "cwd").resolve().parents:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_shutdown_kills_running_evaluations(ray_local: None, repo: Path) -> None:
+    folder = Path(tempfile.gettempdir()) / CLONE_DIR
+    ex = RayExecutor(repo, "local", 1)
+    ex.submit(trial(repo, "hang", 4.0, sleep=300.0))
+    deadline = time.monotonic() + 60
+    while not _evaluations_under(folder) and time.monotonic() < deadline:
+        assert list(ex.as_completed(timeout=0.2)) == []
+    assert _evaluations_under(folder), "the evaluation never started"
+    t0 = time.monotonic()
+    ex.shutdown()
+    assert time.monotonic() - t0 < 20
+    deadline = time.monotonic() + 20
+    while _evaluations_under(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _evaluations_under(folder) == []  # died with their actor (PR_SET_PDEATHSIG)
+    with pytest.raises(RuntimeError, match="shut down"):
+        ex.submit(trial(repo, "late", 1.0))

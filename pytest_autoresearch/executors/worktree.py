@@ -219,10 +219,14 @@ class WorktreeExecutor:
                 break
         for _ in self._threads:
             self._pending.put(None)
-        for launcher in self._launchers:
-            launcher.kill()
-        for thread in self._threads:
-            thread.join(timeout=30)
+        for attempt in range(2):
+            # Twice: a worker may have started its evaluation just after the first kill.
+            with self._lock:
+                launchers = list(self._launchers)
+            for launcher in launchers:
+                launcher.kill()
+            for thread in self._threads:
+                thread.join(timeout=5 if attempt == 0 else 30)
         self._remove_spaces()
 
     def __enter__(self) -> WorktreeExecutor:
