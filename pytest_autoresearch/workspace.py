@@ -2,8 +2,8 @@
 
 The research branch and the user's checkout belong to ``vcs.ResearchRepo`` (the
 controller); a ``Workspace`` is the worker's side of the line. It is a detached
-worktree (``git worktree add --detach``) under a folder the caller gives, e.g.
-``.autoresearch/<tag>/workers/``, so candidates never run in the user's checkout and
+worktree (``git worktree add --detach``) under a folder the caller gives (outside the work
+tree and the record directory: docs/parallel.md), so candidates never run in the user's checkout and
 several run side by side. A candidate arrives as a parent commit plus a unified diff
 (``git apply``), or as a snapshot commit; after the evaluation ``changes()`` says what
 the run itself changed, and ``restore()`` puts the candidate back exactly.

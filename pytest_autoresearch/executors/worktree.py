@@ -1,10 +1,11 @@
 """K workers on this machine, each with its own git worktree and one evaluation at a time.
 
 Each worker is a thread that owns a ``workspace.Workspace`` under the folder the caller
-gives (e.g. ``.autoresearch/<tag>/workers/``) and runs ``run_trial`` there: the evaluation
-itself is a subprocess, so the threads only wait. GPUs are split one per worker by default
-(``gpus_per_worker``), pinned with CUDA_VISIBLE_DEVICES; on CPU the cores are split
-between the workers (OMP_NUM_THREADS and ``AUTORESEARCH_NUM_THREADS`` as a hint).
+gives (outside the work tree and the record: docs/parallel.md says why) and runs
+``run_trial`` there: the evaluation itself is a subprocess, so the threads only wait.
+GPUs are split one per worker by default (``gpus_per_worker``), pinned with
+CUDA_VISIBLE_DEVICES; on CPU the cores are split between the workers (OMP_NUM_THREADS and
+``AUTORESEARCH_NUM_THREADS`` as a hint).
 
 Nothing is left behind: ``shutdown`` kills the evaluations still running (their process
 groups), joins the threads and removes the worktrees; worktrees of a driver killed with
