@@ -138,7 +138,8 @@ def test_a_round_trip_reproduces_the_model(graph, tmp_path):
 @pytest.mark.parametrize(
     "target",
     ["torch.os.system", "builtins.eval", "aten.from_file.default", "aten.__class__.default",
-     "aten.no_such_op.default", "custom.op.default", 42],
+     "aten.no_such_op.default", "custom.op.default", 42, "aten.add_.Tensor", "aten.add.out",
+     "aten.rand.default", "aten.bernoulli.p"],
 )  # fmt: skip
 def test_only_aten_operators_are_called(graph, target):
     nodes = [{"op": "input", "name": "x"},

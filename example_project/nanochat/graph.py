@@ -26,8 +26,13 @@ from pathlib import Path
 import torch
 
 FORMAT = "nanochat-graph/1"
-# ATen operators that touch files or the host: a model has no business calling them.
-DENIED_OPS = frozenset({"from_file", "_print", "save", "load"})
+# ATen operators that touch files or the host, or draw random numbers (a model that is
+# random could pass the causality check by luck): a model has no business calling them.
+DENIED_OPS = frozenset({"from_file", "_print", "save", "load", "rand", "randn", "randint",
+                        "randperm", "rand_like", "randn_like", "randint_like", "bernoulli",
+                        "multinomial", "normal", "poisson", "dropout", "native_dropout",
+                        "_fused_dropout", "uniform", "exponential", "geometric",
+                        "cauchy", "log_normal", "random"})  # fmt: skip
 _OP = re.compile(r"^aten\.([a-z][a-z0-9_]*|_[a-z][a-z0-9_]*)\.([a-zA-Z][a-zA-Z0-9_]*)$")
 _DTYPES = {
     str(d).removeprefix("torch."): d for d in vars(torch).values() if isinstance(d, torch.dtype)
@@ -138,7 +143,15 @@ def _resolve(target: object):
     if target == "aten._assert_tensor_metadata.default":
         return _no_op  # export's dtype assertion: false under autocast, which the scorer uses
     m = _OP.match(target) if isinstance(target, str) else None
-    if not m or m.group(1) in DENIED_OPS or m.group(1).startswith("__"):
+    # In-place ("add_") and out= variants would let the model keep state between calls, and
+    # so behave one way while its causality is checked and another while it is scored.
+    if (
+        not m
+        or m.group(1) in DENIED_OPS
+        or m.group(1).startswith("__")
+        or m.group(1).endswith("_")
+        or m.group(2).startswith("out")
+    ):
         raise GraphError(f"the graph calls {target!r}, which is not an allowed ATen operator")
     packet = getattr(torch.ops.aten, m.group(1), None)
     op = getattr(packet, m.group(2), None) if packet is not None else None

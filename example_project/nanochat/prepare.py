@@ -546,21 +546,34 @@ def _padded(x, batch_size: int):
     return torch.cat([x, x[-1:].expand(batch_size - x.size(0), -1)])
 
 
-def _check_causal(model, x, vocab_size: int) -> None:
-    """Changing the last token must not change any earlier prediction."""
+def _check_causal(model, x, vocab_size: int, max_passes: int = 8) -> None:
+    """Changing a token must not change any prediction before it, at every position tested.
+
+    Each pass changes one token per row, at a different position in each row, so that a few
+    passes cover the whole window (every position when T <= B * max_passes). Changing only
+    the last token, as a first version did, let a model read every future token but that one.
+    """
     import torch
 
-    probe = x.clone()
-    changed = probe.clone()
-    changed[:, -1] = (changed[:, -1] + 1) % (vocab_size - 1)
+    B, T = x.shape
+    passes = min(max_passes, -(-T // B))
+    slots = torch.arange(B * passes)
+    positions = (slots * T // (B * passes)).view(passes, B)  # spread evenly over 0..T-1
+    rows = torch.arange(B)
     with torch.no_grad():
-        a = model(probe).float()[:, :-1]
-        b = model(changed).float()[:, :-1]
-    if not torch.allclose(a, b, atol=1e-3, rtol=1e-3):
-        raise EvaluationError(
-            "the model's earlier predictions change when a later token changes: it looks at "
-            "the future, so its bits per byte would be meaningless. Keep attention causal."
-        )
+        base = model(x).float()
+        for where in positions:
+            changed = x.clone()
+            changed[rows, where] = (changed[rows, where] + 1) % (vocab_size - 1)
+            out = model(changed).float()
+            before = torch.arange(T)[None, :] < where[:, None]  # (B, T): positions < changed
+            mask = before.to(out.device)[..., None]
+            if not torch.allclose(out * mask, base * mask, atol=1e-3, rtol=1e-3):
+                raise EvaluationError(
+                    "the model's earlier predictions change when a later token changes: it "
+                    "looks at the future, so its bits per byte would be meaningless. Keep "
+                    "attention causal."
+                )
 
 
 def evaluate_bpb(model, data: Data, split: str = "val", device: str = "cpu") -> float:

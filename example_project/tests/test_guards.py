@@ -118,3 +118,16 @@ def test_evaluation_rejects_a_model_that_sees_the_future(data):
 
     with pytest.raises(prepare.EvaluationError, match="looks at the future"):
         prepare.evaluate_bpb(Cheat(), data, "val")
+
+
+def test_evaluation_rejects_a_model_that_reads_every_future_token_but_the_last(data):
+    class Sly(nn.Module):
+        def forward(self, idx):
+            # Reads the next token except at the end of the window: changing only the last
+            # token would never show it.
+            nxt = torch.roll(idx, -1, dims=1)
+            nxt[:, -2:] = idx[:, -2:]
+            return 30.0 * nn.functional.one_hot(nxt, data.profile.vocab_size).float()
+
+    with pytest.raises(prepare.EvaluationError, match="looks at the future"):
+        prepare.evaluate_bpb(Sly(), data, "val")
