@@ -322,8 +322,9 @@ class ResearchLoop:
         values: list[float] = []
         per_metric: dict[str, list[float]] = {}
         slowest = 0.0
-        self.echo(f"measuring the baseline {runs} times to estimate the noise of {self.objective}")
-        for i in range(runs):
+        self.echo(f"measuring the baseline (up to {runs} runs) for the noise of {self.objective}")
+        i = 0
+        while decide.baseline_runs_left(values, runs) > 0:
             before = self.repo.fingerprint()
             ev = self.evaluate(self.s.metric_args, self.program.guards, self.timeout)
             if ev.status != "ok" or not ev.guards_passed:
@@ -352,6 +353,7 @@ class ResearchLoop:
                 f"  baseline {i + 1}/{runs}: {self.objective} {value:.6g}  ({ev.duration:.1f}s)"
             )
             self._fault("baseline")
+            i += 1
         # Files the unchanged tests write are outputs, not a future proposal's doing.
         self.repo.out_of_scope(self.program.is_editable, after="evaluation")
         self.noise_groups = [values]

@@ -5,7 +5,7 @@ API
 ProgramError(message)              names the file, the line, the problem and the fix (.line)
 Constraint(metric, op, bound, text).holds(value) -> bool       "peak_vram_gb <= 60"
 Program(path, editable, objective, guards=(), holdout=None, constraints=(), timeout=None,
-        min_delta=0.0, baseline_runs=3, context=(), instructions="")
+        min_delta=0.0, baseline_runs=8, context=(), instructions="")
     .is_editable(relpath) -> bool       posix path relative to the root; ``**`` spans dirs
     .editable_files(root) -> list[str]  sorted relative posix paths of existing files
     .check_metrics(goals) -> None       {metric: goal}; raises ProgramError for missing ones
@@ -54,7 +54,8 @@ KEYS: dict[str, str] = {
     "constraints": 'conditions on other metrics, e.g. ["peak_vram_gb <= 60"]',
     "timeout": "seconds per evaluation (default: from the baseline's duration)",
     "min_delta": "the smallest improvement worth keeping, in objective units (default 0)",
-    "baseline_runs": "how many times the baseline is measured to estimate noise (default 3)",
+    "baseline_runs": "how many times the baseline is measured to estimate noise (default 8; "
+    "3 when they agree exactly)",
     "context": "globs of read-only files an LLM proposer may view",
     "sandbox": "run each evaluation isolated (own PID namespace, .git read-only); default on",
     "network": "whether the experiment may use the network; default on (data loaders)",
@@ -115,7 +116,7 @@ class Program:
     constraints: tuple[Constraint, ...] = ()
     timeout: float | None = None
     min_delta: float = 0.0
-    baseline_runs: int = 3
+    baseline_runs: int = 8  # decide.BASELINE_RUNS: the keep rule's figures assume it
     context: tuple[str, ...] = ()
     search: tuple[Any, ...] = ()  # proposers.search_spec.Declared: ranges for named numbers
     sandbox: bool = True  # isolate each evaluation (read by the launcher)
@@ -453,7 +454,7 @@ def _build(
     )
     timeout = _number(data.get("timeout"), "timeout", fail, positive=True)
     min_delta = _number(data.get("min_delta", 0.0), "min_delta", fail, positive=False)
-    runs = data.get("baseline_runs", 3)
+    runs = data.get("baseline_runs", 8)
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 2:
         raise fail(
             "baseline_runs",

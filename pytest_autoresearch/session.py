@@ -164,7 +164,8 @@ def _git_dir(root: Path) -> Path | None:
 def run_research_session(session: pytest.Session) -> None:
     """Run the research loop over the collected metric tests (called from runtestloop)."""
     from pytest_autoresearch import publish, report
-    from pytest_autoresearch.evaluate import evaluate
+    from pytest_autoresearch.evaluate import cleanup_stale, evaluate
+    from pytest_autoresearch.isolation import IsolationError, for_research
     from pytest_autoresearch.journal import Journal, JournalError
     from pytest_autoresearch.loop import (
         FAULT_ENV,
@@ -198,15 +199,6 @@ def run_research_session(session: pytest.Session) -> None:
     record_dir = root / ".autoresearch" / tag
     experiments = config.getoption("autoresearch_experiments")
     publish.preflight(config, echo)  # --autoresearch-pr: token, repo, remote; before any work
-    from pytest_autoresearch.evaluate import cleanup_stale
-    from pytest_autoresearch.isolation import IsolationError, for_research
-
-    sandbox, network = getattr(program, "sandbox", True), getattr(program, "network", True)
-    try:
-        launcher = for_research(root, record_dir, sandbox=sandbox, network=network)
-    except IsolationError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    echo(launcher.describe())
     proposer, proposer_name = _make_proposer(config, echo)
     preflight = getattr(proposer, "preflight", None)  # e.g. optuna: is there anything to tune?
     if preflight is not None:
@@ -219,6 +211,16 @@ def run_research_session(session: pytest.Session) -> None:
             raise pytest.UsageError(f"proposer {proposer_name!r}: {exc}") from None
 
     with _Lock(_git_dir(root) or record_dir):
+        # Everything that writes into the record comes after the lock: a refused second
+        # run must leave no trace.
+        try:
+            launcher = for_research(
+                root, record_dir, sandbox=program.sandbox, network=program.network
+            )
+        except IsolationError as exc:
+            proposer.close()
+            raise pytest.UsageError(str(exc)) from None
+        echo(launcher.describe())
         cleanup_stale(record_dir / "tmp")  # left by a killed run (we hold the lock: not in use)
         journal = Journal(record_dir, program.objective)
         try:
@@ -259,7 +261,11 @@ def run_research_session(session: pytest.Session) -> None:
             settings,
             repo=repo,
             evaluate=lambda metric_args, guard_args, timeout: evaluate(
-                root, list(metric_args), list(guard_args), timeout, launcher=launcher,
+                root,
+                list(metric_args),
+                list(guard_args),
+                timeout,
+                launcher=launcher,
                 tmp_root=record_dir / "tmp",
             ),  # fmt: skip
             proposer=proposer,

@@ -69,7 +69,7 @@ def test_defaults_and_a_single_string_glob(root: Path) -> None:
     p = load_program(write(root, "---\neditable: nanochat/*.py\nobjective: loss\n---\n"), root)
     assert p.editable == ("nanochat/*.py",)
     assert (p.guards, p.holdout, p.constraints, p.timeout) == ((), None, (), None)
-    assert (p.min_delta, p.baseline_runs, p.instructions) == (0.0, 3, "")
+    assert (p.min_delta, p.baseline_runs, p.instructions) == (0.0, 8, "")
     assert p.editable_files(root) == ["nanochat/model.py", "nanochat/train.py"]
 
 
