@@ -139,9 +139,14 @@ def evaluate(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Set by pytest and pytest-xdist for the process they run tests in. An evaluation is a
+# fresh session of its own: inherited, they would tell plugins it is an xdist worker.
+_SESSION_VARS = ("PYTEST_XDIST_", "PYTEST_CURRENT_TEST")
+
+
 def child_environment(base: Mapping[str, str]) -> dict[str, str]:
     """The evaluation's environment: ``base`` without secrets, plus the evaluation marker."""
-    env = without_secrets(base)
+    env = {k: v for k, v in without_secrets(base).items() if not k.startswith(_SESSION_VARS)}
     env[EVAL_ENV] = "1"
     return env
 
