@@ -34,8 +34,7 @@ ROOT = "from pathlib import Path as _P\n_ROOT = _P(__file__).resolve().parents[1
 
 @pytest.fixture
 def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """No hypothesis/benchmark plugins in the inner runs (speed); git config of our own."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
+    """The suite's pytester (tests/conftest.py), with a git config of our own."""
     empty = pytester.path / "gitconfig"
     empty.write_text("")
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(empty))

@@ -12,16 +12,6 @@ from pytest_autoresearch import baseline
 from pytest_autoresearch.baseline import BaselineError, Comparison, RegressionCheck
 from pytest_autoresearch.metric import Measurement
 
-
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester without Hypothesis' plugin (it re-imports all of hypothesis in every
-    in-process run, about 2 s each on a 2-core machine) nor pytest-benchmark's (it warns
-    in every run under xdist); our plugin needs neither."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
-    return pytester
-
-
 # -- pure parts ----------------------------------------------------------------------------
 
 

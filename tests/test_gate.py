@@ -12,14 +12,6 @@ import pytest
 from pytest_autoresearch import gate
 from pytest_autoresearch.baseline import Comparison, RegressionCheck
 
-
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester without Hypothesis' and pytest-benchmark's plugins (slow, noisy; not needed)."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
-    return pytester
-
-
 # -- the rank test ------------------------------------------------------------------------
 
 

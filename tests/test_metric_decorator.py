@@ -11,15 +11,6 @@ from pytest_autoresearch import Measurement, metric
 from pytest_autoresearch.metric import MetricError, check_value, spec_of
 
 
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester without Hypothesis' plugin (it re-imports all of hypothesis in every
-    in-process run, about 2 s each on a 2-core machine) nor pytest-benchmark's (it warns
-    in every run under xdist); our plugin needs neither."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
-    return pytester
-
-
 def run_json(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict]:
     """Run pytest in-process with --metrics-json and return the result and the document."""
     path = pytester.path / "metrics.json"

@@ -10,15 +10,6 @@ import pytest
 pytest.importorskip("xdist", reason="pytest-xdist is part of the dev extra")
 
 
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester without Hypothesis' plugin (it re-imports all of hypothesis in every
-    in-process run, about 2 s each on a 2-core machine) nor pytest-benchmark's (it warns
-    in every run under xdist); our plugin needs neither."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
-    return pytester
-
-
 SUITE = """
 import json, os, pathlib
 import pytest

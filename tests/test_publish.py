@@ -37,15 +37,6 @@ def gh() -> GitHubServer:
         yield server
 
 
-@pytest.fixture
-def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
-    """pytester without Hypothesis' and pytest-benchmark's plugins (slow, noisy; not needed)."""
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
-    for name in ("GITHUB_TOKEN", "GITHUB_REPOSITORY", "GITHUB_API_URL", "GITHUB_STEP_SUMMARY"):
-        monkeypatch.delenv(name, raising=False)
-    return pytester
-
-
 def with_origin(root: Path) -> Path:
     """A bare repository next to ``root`` as its ``origin``, holding ``main``."""
     origin = root.parent / (root.name + "-origin.git")
