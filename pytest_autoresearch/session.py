@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from pytest_autoresearch import research_plugin
-
-RESULT_KEY = pytest.StashKey[Any]()
+from pytest_autoresearch import options
+from pytest_autoresearch.options import RESULT_KEY
 
 PROGRAM_EXAMPLE = """\
 ---
@@ -78,7 +77,7 @@ def _protect_measurement(program: Any, session: pytest.Session, echo: Any) -> An
 def _make_proposer(config: pytest.Config, echo) -> tuple[Any, str]:
     from pytest_autoresearch.proposers.base import ProposerFatal
 
-    name, why = research_plugin.proposer_choice(config)
+    name, why = options.proposer_choice(config)
     try:
         proposer = config.hook.pytest_autoresearch_make_proposer(name=name, config=config)
     except ProposerFatal as exc:
@@ -195,7 +194,7 @@ def run_research_session(session: pytest.Session) -> None:
             "you selected"
         )
     program = _protect_measurement(program, session, echo)
-    tag = config.getoption("autoresearch_tag") or research_plugin.default_tag()
+    tag = config.getoption("autoresearch_tag") or options.default_tag()
     record_dir = root / ".autoresearch" / tag
     experiments = config.getoption("autoresearch_experiments")
     publish.preflight(config, echo)  # --autoresearch-pr: token, repo, remote; before any work

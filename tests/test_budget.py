@@ -37,7 +37,7 @@ def test_the_option_and_its_ini_key(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
         from pytest_autoresearch.publish import pr_enabled
-        from pytest_autoresearch.research_plugin import option
+        from pytest_autoresearch.options import option
 
         def pytest_report_header(config):
             return (f"budget={option(config, 'time_budget')} remote={option(config, 'remote')}"

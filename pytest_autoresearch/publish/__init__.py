@@ -93,7 +93,7 @@ def write_step_summary(text: str) -> None:
 
 def after_run(session: pytest.Session, repo: Any, echo: Callable[..., None]) -> None:
     """The publish step after the run (see the module docstring)."""
-    from pytest_autoresearch.session import RESULT_KEY
+    from pytest_autoresearch.options import RESULT_KEY
 
     config = session.config
     found = config.stash.get(RESULT_KEY, None)

@@ -361,7 +361,7 @@ def publish_run(
 
 
 def _remote(config: pytest.Config) -> str:
-    from pytest_autoresearch.research_plugin import option
+    from pytest_autoresearch.options import option
 
     return option(config, "remote") or "origin"
 
