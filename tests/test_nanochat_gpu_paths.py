@@ -150,11 +150,12 @@ def test_the_gpu_training_path_runs_on_cpu(tmp_path, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not os.environ.get("NANOCHAT_TEST_INDUCTOR"),
-    reason="inductor's C++ build of the training step took 227 s on a loaded 2-core machine: "
-    "set NANOCHAT_TEST_INDUCTOR=1 to run it (benchmarks/nanochat_gpu.py --dry-run does too)",
+    bool(os.environ.get("NANOCHAT_SKIP_INDUCTOR")),
+    reason="NANOCHAT_SKIP_INDUCTOR is set (inductor's C++ build: 32 s on 2 idle cores, "
+    "minutes on loaded ones)",
 )
 def test_the_gpu_training_path_compiles_with_inductor_on_cpu(tmp_path, tmp_path_factory):
+    """The real thing: inductor generates and builds C++ kernels for the training step."""
     stats, bpb, uniform = _train_and_score(
         tmp_path, tmp_path_factory,
         NANOCHAT_COMPILE="1", NANOCHAT_BF16="1", NANOCHAT_FLOP_BUDGET="2e10",
