@@ -176,14 +176,15 @@ def cleanup_stale(tmp_root: Path | str | None = None) -> int:
         pid = path.name.removeprefix(prefix).split("-", 1)[0]
         if not path.name.startswith(prefix) or not pid.isdigit() or not path.is_dir():
             continue
-        if int(pid) != os.getpid() and _alive(int(pid)):
+        if int(pid) != os.getpid() and pid_alive(int(pid)):
             continue  # another run's evaluation, still going
         shutil.rmtree(path, ignore_errors=True)
         removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

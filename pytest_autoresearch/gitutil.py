@@ -167,7 +167,12 @@ def stat_key(path: Path) -> tuple[int, int, int]:
 
 def remove_file(workdir: Path, path: str) -> None:
     """Remove one untracked file and the directories it leaves empty (never the work tree)."""
-    target = workdir / path
+    remove_path(workdir / path, stop=workdir)
+
+
+def remove_path(target: Path, stop: Path | None = None) -> None:
+    """Remove a file (or a directory, not through a symlink); with ``stop``, also the
+    directories it leaves empty, up to but never including ``stop``."""
     try:
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
@@ -175,8 +180,10 @@ def remove_file(workdir: Path, path: str) -> None:
             target.unlink()
     except FileNotFoundError:
         pass
+    if stop is None:
+        return
     parent = target.parent
-    while parent != workdir and workdir in parent.parents:
+    while parent != stop and stop in parent.parents:
         try:
             parent.rmdir()
         except OSError:

@@ -114,12 +114,14 @@ class _Lock:
         self.path = directory / "autoresearch.lock"
 
     def __enter__(self) -> _Lock:
+        from pytest_autoresearch.evaluate import pid_alive
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             pid = self.path.read_text().strip()
-            if pid.isdigit() and _alive(int(pid)):
+            if pid.isdigit() and pid_alive(int(pid)):
                 raise pytest.UsageError(
                     f"another research run (pid {pid}) is using this checkout (lock: "
                     f"{self.path}); wait for it to finish, or run in another git worktree "
@@ -133,16 +135,6 @@ class _Lock:
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _git_dir(root: Path) -> Path | None:

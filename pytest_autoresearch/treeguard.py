@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pytest_autoresearch import fingerprint as fp
 from pytest_autoresearch.fingerprint import Fingerprint
+from pytest_autoresearch.gitutil import remove_path
 
 FILE_LIMIT = 4 << 20  # bytes: bigger files are not backed up (data sets, checkpoints)
 TOTAL_LIMIT = 128 << 20  # bytes for all backups together
@@ -135,7 +136,7 @@ class TreeGuard:
             if self._is_own_git(path) or self._is_top_ref(path):
                 continue
             if path not in old_git:
-                _remove(self._abs(path))
+                remove_path(self._abs(path))
                 done.append(path)
             elif (
                 path in self._saved
@@ -293,7 +294,7 @@ class TreeGuard:
             if self._is_own_git(c.path) or self._is_top_ref(c.path):
                 continue  # reported when experiment code moves them; never rewritten here
             if c.kind == "new":
-                _remove(self._abs(c.path))
+                remove_path(self._abs(c.path))
                 fixed.append(c.path)
             elif self._put_back(c.path):
                 fixed.append(c.path)
@@ -318,7 +319,7 @@ class TreeGuard:
             if p in tracked:
                 continue  # git's business: reset --hard and the status check
             if c.kind == "new":
-                _remove(self._abs(p), stop=self.workdir)
+                remove_path(self._abs(p), stop=self.workdir)
                 done.append(p)
             elif self._put_back(p):
                 done.append(p)
@@ -390,7 +391,7 @@ class TreeGuard:
             return False
         target = self._abs(path)
         try:
-            _remove(target)
+            remove_path(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(self.backup_dir / name, target, follow_symlinks=False)
         except OSError:
@@ -419,25 +420,6 @@ def _name(path: Path, workdir: Path) -> str:
         return path.relative_to(workdir).as_posix()
     except ValueError:
         return path.as_posix()
-
-
-def _remove(target: Path, stop: Path | None = None) -> None:
-    try:
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-    except FileNotFoundError:
-        pass
-    if stop is None:
-        return
-    parent = target.parent
-    while parent != stop and stop in parent.parents:
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-        parent = parent.parent
 
 
 def _list(items: list[str], limit: int = 5) -> str:
