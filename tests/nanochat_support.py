@@ -33,7 +33,8 @@ def example_env(cache: Path, project: Path | None = None, **extra: str) -> dict[
     """Offline corpus, the given cache, the CPU profile even where CUDA exists."""
     env = dict(os.environ)
     for key in ("NANOCHAT_PROFILE", "NANOCHAT_TIME_BUDGET", "NANOCHAT_FLOP_BUDGET",
-                "NANOCHAT_COMPILE", "NANOCHAT_BF16", "PYTEST_ADDOPTS", "NANOCHAT_DATA"):  # fmt: skip
+                "NANOCHAT_COMPILE", "NANOCHAT_BF16", "PYTEST_ADDOPTS",
+                "NANOCHAT_DATA"):  # fmt: skip
         env.pop(key, None)
     env.update(NANOCHAT_CACHE=str(cache), NANOCHAT_FORCE_CPU="1", OMP_WAIT_POLICY="PASSIVE")
     if project is not None:
