@@ -49,6 +49,12 @@ STUDY_FILE = "optuna.log"
 STUDY_NAME = "autoresearch"
 _SPACES_ATTR = "spaces"  # study user attr: the default ranges, fixed when first seen
 _MAX_ATTEMPTS = 20  # asks allowed to find a suggestion that changes at least one literal
+# Until TPE has this many measured trials it samples whole ranges at random, where nearly
+# every point is worse than a tuned default; meanwhile each proposal moves one number a
+# little (a sixteenth of its range, log-scaled where the range is), which finds the small
+# real gains next to the start point that a short run (the quick start) can keep.
+LOCAL_TRIALS = 10
+LOCAL_STEP = 1 / 16
 
 
 class OptunaProposer:
@@ -192,11 +198,16 @@ class OptunaProposer:
         current: dict[str, int | float],
     ) -> tuple[Any, dict[Constant, int | float]]:
         """One trial: TPE samples a few constants, the others stay at the current values."""
-        number = len(study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        number = len(trials)
         rng = random.Random(None if self.seed is None else f"{self.seed}:{number}")
         keys = sorted(constants)
-        chosen = set(rng.sample(keys, rng.randint(1, min(self.max_changes, len(keys)))))
+        local = sum(t.state.name == "COMPLETE" for t in trials) < LOCAL_TRIALS
+        many = 1 if local else rng.randint(1, min(self.max_changes, len(keys)))
+        chosen = set(rng.sample(keys, many))
         fixed = {key: value for key, value in current.items() if key not in chosen}
+        if local:
+            fixed.update({k: local_move(rng, current[k], distributions[k]) for k in chosen})
         tpe = study.sampler
         study.sampler = _fixed_and_rounded(fixed, tpe)
         try:
@@ -355,6 +366,23 @@ def _distribution(space: Space) -> Any:
     if space.integer:
         return IntDistribution(int(space.low), int(space.high), log=space.log)
     return FloatDistribution(space.low, space.high, log=space.log)
+
+
+def local_move(rng: random.Random, value: int | float, dist: Any) -> int | float:
+    """A value near ``value``: at most LOCAL_STEP of the range away, inside the bounds."""
+    lo, hi = float(dist.low), float(dist.high)
+    log = bool(dist.log) and lo > 0 and value > 0
+    to, back = (math.log, math.exp) if log else (float, float)
+    x, step = to(float(value)), (to(hi) - to(lo)) * LOCAL_STEP
+    moved = back(x + rng.choice((-1, 1)) * rng.uniform(0.25, 1.0) * step)
+    moved = min(hi, max(lo, moved))
+    if isinstance(value, int) and not isinstance(value, bool):
+        whole = round(moved)
+        if whole == value:  # a narrow int range: one step, the way that stays in bounds
+            whole = value + 1 if value + 1 <= hi else value - 1
+        return int(min(hi, max(lo, whole)))
+    rounded = round_float(moved)
+    return rounded if lo <= rounded <= hi else moved
 
 
 def _fixed_and_rounded(fixed: dict[str, int | float], base: Any) -> Any:
