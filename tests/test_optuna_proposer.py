@@ -532,3 +532,22 @@ def read_records(root: Path) -> list[dict]:
     path = root / ".autoresearch" / "t1" / "experiments.jsonl"
     lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     return [x for x in lines if x.get("event") == "experiment"]
+
+
+def test_first_moves_are_local_one_number_inside_its_range() -> None:
+    import random
+
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    from pytest_autoresearch.proposers.optuna import LOCAL_STEP, local_move
+
+    rng = random.Random(7)
+    log = FloatDistribution(1e-5, 1e-1, log=True)
+    for _ in range(200):
+        moved = local_move(rng, 1e-3, log)
+        assert 1e-5 <= moved <= 1e-1 and moved != 1e-3
+        assert abs(math.log(moved) - math.log(1e-3)) <= math.log(1e4) * LOCAL_STEP + 1e-9
+    linear = FloatDistribution(0.0, 0.5)
+    assert all(0.0 <= local_move(rng, 0.0, linear) <= 0.5 / 16 for _ in range(100))
+    ints = IntDistribution(2, 3)
+    assert {local_move(rng, 3, ints) for _ in range(20)} == {2}  # one step, inside the range
