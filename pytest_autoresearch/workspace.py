@@ -40,6 +40,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pytest_autoresearch.evaluate import pid_alive
+
 __all__ = [
     "ApplyError",
     "Workspace",
@@ -314,16 +316,6 @@ def _remove_worktree(top: Path, path: Path) -> None:
     _git(top, "worktree", "prune", check=False)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def prune_stale(repo: Path | str, folder: Path | str) -> list[Path]:
     """Remove worktrees under ``folder`` left by a driver that is gone; the paths removed.
 
@@ -340,7 +332,7 @@ def prune_stale(repo: Path | str, folder: Path | str) -> list[Path]:
         if m is None or not path.is_dir():
             continue
         pid = int(m["pid"])
-        if _alive(pid):  # another run's, or this process's own (in use)
+        if pid_alive(pid):  # another run's, or this process's own (in use)
             continue
         _remove_worktree(top, path)
         removed.append(path)
