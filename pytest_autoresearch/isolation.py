@@ -128,35 +128,9 @@ class PlainLauncher:
     def describe(self) -> str:
         return self._line
 
-    def popen(
-        self,
-        cmd: list[str],
-        *,
-        cwd: Path,
-        env: dict[str, str],
-        stdout: int | IO,
-        pass_fds: tuple[int, ...] = (),
-    ) -> subprocess.Popen:
-        return _popen(list(cmd), Path(cwd), env, stdout, tuple(pass_fds))
-
-
-class NamespaceLauncher:
-    """``unshare`` + the bootstrap: own PID/mount (and maybe network) namespace per evaluation."""
-
-    name = "namespaces"
-
-    def __init__(self, prefix: list[str], boot_spec: dict, line: str) -> None:
-        self._prefix = prefix  # unshare and its flags, up to "--"
-        self._boot_spec = boot_spec
-        self._line = line
-
-    def describe(self) -> str:
-        return self._line
-
-    def command(self, cmd: list[str], *, probe: bool = False) -> list[str]:
-        spec = dict(self._boot_spec, probe=probe)
-        boot = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(spec)]
-        return [*self._prefix, *boot, *cmd]
+    def command(self, cmd: list[str]) -> list[str]:
+        """What is run for ``cmd``: here, ``cmd`` itself."""
+        return list(cmd)
 
     def popen(
         self,
@@ -168,6 +142,22 @@ class NamespaceLauncher:
         pass_fds: tuple[int, ...] = (),
     ) -> subprocess.Popen:
         return _popen(self.command(list(cmd)), Path(cwd), env, stdout, tuple(pass_fds))
+
+
+class NamespaceLauncher(PlainLauncher):
+    """``unshare`` + the bootstrap: own PID/mount (and maybe network) namespace per evaluation."""
+
+    name = "namespaces"
+
+    def __init__(self, prefix: list[str], boot_spec: dict, line: str) -> None:
+        super().__init__(line)
+        self._prefix = prefix  # unshare and its flags, up to "--"
+        self._boot_spec = boot_spec
+
+    def command(self, cmd: list[str], *, probe: bool = False) -> list[str]:
+        spec = dict(self._boot_spec, probe=probe)
+        boot = [sys.executable, "-I", "-S", "-c", BOOT, json.dumps(spec)]
+        return [*self._prefix, *boot, *cmd]
 
 
 def plain_launcher() -> PlainLauncher:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proctree import process_tree
 from toyproject import PROGRAM, git, make_toy, model_source, read_jsonl, step
 
 from pytest_autoresearch.isolation import IsolationSpec, make_launcher
@@ -328,16 +329,7 @@ def test_kill_9_of_the_loop_takes_the_evaluation_and_the_next_start_cleans_up(
 
 
 def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        todo += [int(c) for c in children]
-    return found[1:]  # not the loop itself
+    return process_tree(pid)[1:]  # not the loop itself
 
 
 def alive(pid: int) -> bool:

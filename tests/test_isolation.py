@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from proctree import process_tree
 
 from pytest_autoresearch import isolation
 from pytest_autoresearch.isolation import (
@@ -242,17 +243,7 @@ time.sleep(300)
 
 def host_pids(folder: Path) -> list[int]:
     """The evaluation's processes as seen from here: the launched one and everything below."""
-    launched = int((folder / "launched").read_text())
-    found, todo = [], [launched]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            continue
-        todo += [int(c) for c in children]
-    return found
+    return process_tree(int((folder / "launched").read_text()))
 
 
 def alive(pid: int) -> bool:
