@@ -292,14 +292,35 @@ def _line(spec: IsolationSpec, userns: bool) -> str:
 
 
 def for_research(
-    root: Path, record_dir: Path, *, sandbox: bool = True, network: bool = True
+    root: Path,
+    record_dir: Path,
+    *,
+    sandbox: bool = True,
+    network: bool = True,
+    checkout_readonly: bool = False,
 ) -> PlainLauncher | NamespaceLauncher:
-    """The research session's launcher: git dirs read-only, the record hidden."""
+    """The research session's launcher: git dirs read-only, the record hidden.
+
+    ``checkout_readonly``: evaluations run elsewhere (workers' worktrees), so the user's
+    whole work tree is read-only to them too (the record stays hidden inside it).
+    """
     Path(record_dir).mkdir(parents=True, exist_ok=True)  # hidden only if it exists
+    readonly = git_paths(root)
+    if checkout_readonly:
+        top = _work_tree(root)
+        if top is not None and top not in readonly:
+            readonly = (top, *readonly)
     spec = IsolationSpec(
-        sandbox=sandbox, network=network, readonly=git_paths(root), hidden=(Path(record_dir),)
+        sandbox=sandbox, network=network, readonly=readonly, hidden=(Path(record_dir),)
     )
     return make_launcher(spec)
+
+
+def _work_tree(root: Path) -> Path | None:
+    done = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True
+    )
+    return Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
 
 
 def git_paths(root: Path) -> tuple[Path, ...]:

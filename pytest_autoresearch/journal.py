@@ -33,7 +33,7 @@ from pytest_autoresearch.secrets import scrub, scrub_obj  # re-exported: the one
 
 __all__ = ["Journal", "JournalError", "JournalState", "scrub", "scrub_obj"]
 
-_STATUSES = ("keep", "discard", "crash", "rejected", "error")
+_STATUSES = ("keep", "discard", "crash", "rejected", "error", "stale")
 
 
 class JournalError(Exception):
@@ -48,7 +48,10 @@ class JournalState:
     baseline: dict[str, Any] | None = None  # the last "baseline" event
     best: float | None = None  # the value carried forward (baseline's or the last keep's)
     best_commit: str | None = None
-    unfinished: int | None = None  # an experiment that started, undecided, with no record
+    unfinished: int | None = None  # the last experiment that started, undecided, with no record
+    # Every such experiment (several with K workers): resume runs each again, same index.
+    pending: list[int] = field(default_factory=list)
+    highest: int = 0  # the highest experiment index started or recorded
     # Experiments decided (a "decided" line with the full record) whose irreversible step
     # (moving the branch or restoring the tree) may not have happened: resume finishes them.
     decided: list[dict[str, Any]] = field(default_factory=list)
@@ -147,6 +150,8 @@ class Journal:
         state.decided = [decided[i] for i in sorted(decided) if i not in finished]
         pending = sorted(started - finished - set(decided))
         state.unfinished = pending[-1] if pending else None
+        state.pending = pending
+        state.highest = max(started | finished | set(decided), default=0)
         state.cost = totals
         return state
 

@@ -75,6 +75,8 @@ class LoopSettings:
     proposer_name: str = ""
     fault: str | None = None  # FAULT_ENV's value: where to kill the loop (tests only)
     time_budget: float | None = None  # seconds for this run; no experiment starts past it
+    eval_args: tuple[str, ...] = ()  # more pytest arguments for every evaluation (lean)
+    eval_env: dict[str, str] = field(default_factory=dict)  # more environment (lean)
 
 
 @dataclass
@@ -158,6 +160,12 @@ class ResearchLoop:
         self.durations: list[float] = []
         self.result: LoopResult | None = None
         self._fault_plan = parse_fault(settings.fault)
+        self.ran = 0  # experiments finished by this call
+        self.next_index = 1
+        self.rerun: list[int] = []  # experiments cut short last time: run again first
+        self._current: int | None = None  # the experiment under way (one at a time)
+        self.capacity = 1  # experiments in flight at once
+        self.executor_kind = "serial"
 
     @property
     def noise(self) -> stats.NoiseEstimate:
@@ -166,15 +174,18 @@ class ResearchLoop:
     # -- the whole run ------------------------------------------------------------------
 
     def run(self) -> LoopResult:
-        ran, interrupted, failed = 0, False, False
+        interrupted, failed = False, False
         stop_reason = f"reached {self.s.experiments} experiments"
         started = self.clock()
         state = self.journal.load()
+        self.next_index = max(state.highest, state.next_index - 1) + 1
         self.journal.write(
             "session",
             tag=self.s.tag,
             proposer=self.s.proposer_name,
             experiments=self.s.experiments,
+            workers=self.capacity,
+            executor=self.executor_kind,
             at=_now(),
         )
         try:
@@ -182,34 +193,11 @@ class ResearchLoop:
                 self._measure_baseline()
             else:
                 self._resume(state)
-            while self.done < self.s.experiments:
-                if self.s.max_cost is not None and self.cost.usd >= self.s.max_cost:
-                    stop_reason = (
-                        f"cost cap reached: ${self.cost.usd:.2f} of ${self.s.max_cost:.2f}"
-                    )
-                    break
-                budget = self.s.time_budget
-                if budget is not None and not time_left_allows(
-                    self.clock() - started, self.durations, budget
-                ):
-                    stop_reason = (
-                        f"time budget: {budget:.0f}s, and the next experiment would not finish "
-                        f"in the {max(0.0, budget - (self.clock() - started)):.0f}s left"
-                    )
-                    break
-                try:
-                    self._experiment(self.done + 1)
-                except ProposerFatal as exc:
-                    self.repo.restore()
-                    stop_reason = f"the proposer cannot go on: {exc}"
-                    failed = True
-                    break
-                ran += 1
+            stop_reason, failed = self._drive(started, stop_reason)
         except KeyboardInterrupt:
             interrupted = True
             stop_reason = "interrupted (Ctrl-C)"
-            self.repo.restore()
-            self.journal.write("interrupted", index=self.done + 1, at=_now())
+            self._interrupted()
             raise
         finally:
             self.journal.write("end", reason=stop_reason, done=self.done, at=_now())
@@ -222,7 +210,7 @@ class ResearchLoop:
                 sigma=self.noise.sigma if self.noise_groups else 0.0,
                 kept=self.kept,
                 done=self.done,
-                ran=ran,
+                ran=self.ran,
                 stop_reason=stop_reason,
                 branch=getattr(self.repo, "branch", ""),
                 record_dir=self.s.record_dir,
@@ -235,6 +223,52 @@ class ResearchLoop:
                 failed=failed,
             )
         return self.result
+
+    def _drive(self, started: float, stop_reason: str) -> tuple[str, bool]:
+        """One experiment after another until the count or a stop; (stop reason, failed)."""
+        while self.done < self.s.experiments:
+            why = self._stop_reason(started)
+            if why:
+                return why, False
+            try:
+                self._experiment(self._next_index())
+            except ProposerFatal as exc:
+                self.repo.restore()
+                return f"the proposer cannot go on: {exc}", True
+            self.ran += 1
+        return stop_reason, False
+
+    def _interrupted(self) -> None:
+        """Ctrl-C: the candidate in the checkout is discarded; resume runs it again."""
+        self.repo.restore()
+        for index in self.running_indices():
+            self.journal.write("interrupted", index=index, at=_now())
+
+    def running_indices(self) -> list[int]:
+        """Experiments started and not finished (one at most here; K with workers)."""
+        return [self._current] if self._current is not None else []
+
+    def _next_index(self) -> int:
+        """The next experiment's index: one cut short last time first, then a new one."""
+        if self.rerun:
+            return self.rerun.pop(0)
+        index = self.next_index
+        self.next_index += 1
+        return index
+
+    def _stop_reason(self, started: float) -> str | None:
+        """Why no further experiment may start (cost cap, time budget), or None."""
+        if self.s.max_cost is not None and self.cost.usd >= self.s.max_cost:
+            return f"cost cap reached: ${self.cost.usd:.2f} of ${self.s.max_cost:.2f}"
+        budget = self.s.time_budget
+        elapsed = self.clock() - started
+        per = [d / self.capacity for d in self.durations]  # K in flight finish K times as often
+        if budget is not None and not time_left_allows(elapsed, per, budget):
+            return (
+                f"time budget: {budget:.0f}s, and the next experiment would not finish "
+                f"in the {max(0.0, budget - elapsed):.0f}s left"
+            )
+        return None
 
     def _resume(self, state: Any) -> None:
         """Pick up a journaled run: baseline, best, noise, history and cost."""
@@ -251,9 +285,10 @@ class ResearchLoop:
             self._learn(rec)
         for rec in state.decided:
             self._settle_decided(rec)
-        if state.unfinished is not None:
-            self.journal.write("interrupted", index=state.unfinished, at=_now())
-            self.echo(f"experiment {state.unfinished} was cut short last time; running it again")
+        for index in state.pending:
+            self.journal.write("interrupted", index=index, at=_now())
+            self.echo(f"experiment {index} was cut short last time; running it again")
+        self.rerun = list(state.pending)
         self.echo(
             f"resuming {self.s.tag}: {self.done} experiments done, best {self.objective} "
             f"{self.best:.6g} (baseline {self.baseline:.6g})"
@@ -323,39 +358,51 @@ class ResearchLoop:
         per_metric: dict[str, list[float]] = {}
         slowest = 0.0
         self.echo(f"measuring the baseline (up to {runs} runs) for the noise of {self.objective}")
-        i = 0
         while decide.baseline_runs_left(values, runs) > 0:
             before = self.repo.fingerprint()
             ev = self.evaluate(self.s.metric_args, self.program.guards, self.timeout)
-            if ev.status != "ok" or not ev.guards_passed:
-                why = ev.reason or ("guards failed: " + ", ".join(ev.failed_guards))
-                raise LoopError(
-                    f"the baseline run failed ({why}). Fix the unmodified code first; nothing "
-                    f"was changed.\n--- last lines of its output ---\n{ev.log_tail}"
-                )
+            self._check_baseline_run(ev)
             try:  # what the unchanged code writes is an output, not a later experiment's doing
                 self.repo.learn_baseline_outputs(before)
             except Exception as exc:  # vcs.VcsError: the loop knows nothing of git
                 raise LoopError(f"the baseline run cannot be trusted: {exc}") from None
-            if i == 0:
-                self.goals = {name: m.goal for name, m in ev.metrics.items()}
-                self.program.check_metrics(self.goals)
-                self.goal = self.goals[self.objective]
-            value = ev.metrics[self.objective].value
-            if value is None or not math.isfinite(value):
-                raise LoopError(f"the baseline's {self.objective} is {value}; fix the metric first")
-            values.append(value)
-            for name, m in ev.metrics.items():
-                if m.value is not None:
-                    per_metric.setdefault(name, []).append(m.value)
+            self._take_baseline_run(ev, values, per_metric)
             slowest = max(slowest, ev.duration)
-            self.echo(
-                f"  baseline {i + 1}/{runs}: {self.objective} {value:.6g}  ({ev.duration:.1f}s)"
-            )
-            self._fault("baseline")
-            i += 1
         # Files the unchanged tests write are outputs, not a future proposal's doing.
         self.repo.out_of_scope(self.program.is_editable, after="evaluation")
+        self._set_baseline(values, per_metric, slowest)
+
+    def _check_baseline_run(self, ev: Any) -> None:
+        if ev.status != "ok" or not ev.guards_passed:
+            why = ev.reason or ("guards failed: " + ", ".join(ev.failed_guards))
+            raise LoopError(
+                f"the baseline run failed ({why}). Fix the unmodified code first; nothing "
+                f"was changed.\n--- last lines of its output ---\n{ev.log_tail}"
+            )
+
+    def _take_baseline_run(
+        self, ev: Any, values: list[float], per_metric: dict[str, list[float]], where: str = ""
+    ) -> None:
+        if not values:
+            self.goals = {name: m.goal for name, m in ev.metrics.items()}
+            self.program.check_metrics(self.goals)
+            self.goal = self.goals[self.objective]
+        value = ev.metrics[self.objective].value
+        if value is None or not math.isfinite(value):
+            raise LoopError(f"the baseline's {self.objective} is {value}; fix the metric first")
+        values.append(value)
+        for name, m in ev.metrics.items():
+            if m.value is not None:
+                per_metric.setdefault(name, []).append(m.value)
+        self.echo(
+            f"  baseline {len(values)}/{self.program.baseline_runs}: {self.objective} "
+            f"{value:.6g}  ({ev.duration:.1f}s{where})"
+        )
+        self._fault("baseline")
+
+    def _set_baseline(
+        self, values: list[float], per_metric: dict[str, list[float]], slowest: float
+    ) -> None:
         self.noise_groups = [values]
         self.best_runs = len(values)
         self.baseline = self.best = self.anchor = stats.mean(values)
@@ -404,8 +451,14 @@ class ResearchLoop:
         )
 
     def _experiment(self, index: int) -> None:
-        t0 = self.clock()
-        rec: dict[str, Any] = {
+        self._current = index
+        try:
+            self._one_experiment(index)
+        finally:
+            self._current = None
+
+    def _new_record(self, index: int) -> dict[str, Any]:
+        return {
             "index": index,
             "total": self.s.experiments,
             "commit": "",
@@ -431,6 +484,10 @@ class ResearchLoop:
             "log_tail": None,
             "started": _now(),
         }
+
+    def _one_experiment(self, index: int) -> None:
+        t0 = self.clock()
+        rec = self._new_record(index)
         self.journal.write("start", index=index, parent=rec["parent"], at=rec["started"])
         self._fault("after-start", index)
         ctx = self._context(index)
@@ -564,6 +621,10 @@ class ResearchLoop:
         )
         self._fault("confirmation" if confirm else "evaluation", rec["index"])
         self._check_scope(rec, "evaluation", since=before)
+        self._take(rec, ev)
+
+    def _take(self, rec: dict, ev: Any) -> None:
+        """Add one evaluation's values to ``rec``, or raise _Failed (crash, guard, constraint)."""
         if ev.status != "ok":
             raise _Failed(ev.status, ev.reason, ev.log_tail)
         objective = ev.metrics.get(self.objective)
@@ -681,7 +742,8 @@ class ResearchLoop:
 
         remaining = self.s.experiments - self.done
         avg = sum(self.durations) / len(self.durations) if self.durations else 0.0
-        return report.format_line(rec, objective=self.objective, eta_seconds=remaining * avg)
+        eta = remaining * avg / self.capacity
+        return report.format_line(rec, objective=self.objective, eta_seconds=eta)
 
 
 def parse_fault(text: str | None) -> tuple[str, int | None] | None:

@@ -390,6 +390,62 @@ class ResearchRepo:
         self._tree_cache = self._diff_cache = None
         self._clean_tree()  # outputs of the evaluation are not left behind
 
+    # -- candidates as commits (K workers: the checkout is only where proposals are made) --
+
+    @git_errors
+    def recommit(self, sha: str, message: str) -> str:
+        """A commit with exactly ``sha``'s tree on top of the best commit (``sha``'s parent).
+
+        A measured snapshot is kept under a message that can only be written after the
+        measurement; the tree, what was measured, is the same object.
+        """
+        self._require_started()
+        if self._rev(sha + "^") != self.best:
+            raise VcsError(f"{sha[:12]} is not a commit on top of {self.best[:12]}")
+        return self._commit_tree(self._repo.git.rev_parse(sha + "^{tree}"), message)
+
+    @git_errors
+    def rebased(self, sha: str, message: str) -> str | None:
+        """``sha``'s change (against its parent) applied on the best commit, as a new snapshot.
+
+        None when the change does not apply there (another kept change touched the same
+        lines). Nothing in the checkout or the index changes: a scratch index is used.
+        """
+        self._require_started()
+        git = self._repo.git
+        patch = git.diff(
+            "--binary", "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames",
+            sha + "^", sha, stdout_as_string=False,
+        )  # fmt: skip
+        fd, index = tempfile.mkstemp(prefix="autoresearch-index-")
+        os.close(fd)
+        pfd, patch_file = tempfile.mkstemp(prefix="autoresearch-patch-")
+        with os.fdopen(pfd, "wb") as fh:
+            fh.write(patch if patch.endswith(b"\n") or not patch else patch + b"\n")
+        try:
+            env = {"GIT_INDEX_FILE": index}
+            git.read_tree(self.best, env=env)
+            if patch:
+                try:
+                    git.apply("--cached", "--binary", patch_file, env=env)
+                except Exception:
+                    return None
+            tree = git.write_tree(env=env)
+        finally:
+            os.unlink(index)
+            os.unlink(patch_file)
+        return self._commit_tree(tree, message)
+
+    @git_errors
+    def diff_of(self, sha: str) -> str:
+        """The unified diff of commit ``sha`` against its parent (as ``diff_text`` shows it)."""
+        patch = self._repo.git.diff(
+            "--no-color", "--no-ext-diff", "--no-textconv", "--no-renames", sha + "^", sha,
+            stdout_as_string=False,
+        )  # fmt: skip
+        text = patch.decode("utf-8", errors="replace")
+        return text if not text or text.endswith("\n") else text + "\n"
+
     @git_errors
     def restore(self) -> list[str]:
         """Put the tree back to the best commit; returns the paths that were discarded."""

@@ -18,6 +18,7 @@ API::
     ws.apply(parent, diff="", snapshot=None) check out parent (or snapshot), apply diff
     ws.applies(parent, diff) -> bool         would ``diff`` apply on ``parent``? (no change)
     ws.changes() -> list[str]                paths that differ from the applied candidate
+    ws.changes_by_kind() -> {path: kind}     the same, each "new", "modified" or "deleted"
     ws.diff() -> str                         the tree against ``parent`` (the candidate's diff)
     ws.out_of_scope(is_editable) -> list     changed paths outside the editable files
     ws.restore()                             back to exactly the applied candidate
@@ -233,13 +234,22 @@ class Workspace:
         After an evaluation these are what the run itself wrote; the controller decides which
         of them matter (DESIGN.md: scope is enforced by code, on the controller's side).
         """
+        return sorted(self.changes_by_kind())
+
+    def changes_by_kind(self) -> dict[str, str]:
+        """``changes()`` with what happened to each path: "new", "modified" or "deleted"."""
         _git(self.path, "add", "-A", "--", *self._pathspec())
         raw = _git(
-            self.path, "diff", "--cached", "--name-only", "-z", "--no-renames", self.candidate
+            self.path, "diff", "--cached", "--name-status", "-z", "--no-renames", self.candidate
         ).stdout
         _git(self.path, "read-tree", self.candidate)  # the index back to the candidate
-        paths = [p for p in os.fsdecode(raw).split("\0") if p]
-        return sorted(self._show(p) for p in paths if self._shown(p))
+        fields = os.fsdecode(raw).split("\0")
+        kinds = {"A": "new", "D": "deleted"}
+        found = {}
+        for status, path in zip(fields[0::2], fields[1::2], strict=False):
+            if path and self._shown(path):
+                found[self._show(path)] = kinds.get(status[:1], "modified")
+        return dict(sorted(found.items()))
 
     def diff(self) -> str:
         """The tree now against ``parent``: what would ship as the candidate's diff."""

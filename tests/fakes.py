@@ -112,6 +112,37 @@ class FakeRepo:
         self.calls.append("restore")
         return changed
 
+    def recommit(self, sha: str, message: str) -> str:
+        if self.parents.get(sha) != self.best:
+            raise AssertionError(f"{sha} is not on top of {self.best}")
+        new = f"c{next(self._ids)}"
+        self.commits[new] = dict(self.commits[sha])
+        self.parents[new] = self.best
+        self.messages[new] = message
+        return new
+
+    def rebased(self, sha: str, message: str) -> str | None:
+        """``sha``'s change on the best; None when a changed file differs there (a conflict)."""
+        old, best = self.commits[self.parents[sha]], self.commits[self.best]
+        change = {p: self.commits[sha].get(p) for p in set(old) | set(self.commits[sha])}
+        change = {p: v for p, v in change.items() if v != old.get(p)}
+        if any(best.get(p) != old.get(p) for p in change):
+            return None
+        new = f"c{next(self._ids)}"
+        files = {**best, **{p: v for p, v in change.items() if v is not None}}
+        self.commits[new] = {p: v for p, v in files.items() if change.get(p, v) is not None}
+        self.parents[new] = self.best
+        self.messages[new] = message
+        return new
+
+    def diff_of(self, sha: str) -> str:
+        base, files = self.commits[self.parents[sha]], self.commits[sha]
+        return "".join(
+            f"--- a/{p}\n+++ b/{p}\n-{base.get(p, '')}\n+{files.get(p, '')}\n"
+            for p in sorted(set(base) | set(files))
+            if base.get(p) != files.get(p)
+        )
+
     # -- helpers for tests ------------------------------------------------------------------
 
     def _changed(self) -> list[str]:
@@ -283,4 +314,83 @@ class MemoryJournal:
         state.decided = [decided[i] for i in sorted(decided) if i not in finished]
         pending = sorted(started - finished - set(decided))
         state.unfinished = pending[-1] if pending else None
+        state.pending = pending
+        state.highest = max(started | finished | set(decided), default=0)
         return copy.deepcopy(state)
+
+
+class FakeExecutor:
+    """K simulated workers measuring commits of a FakeRepo, in simulated time.
+
+    A trial starts when a worker is free and finishes ``duration(files)`` seconds later;
+    ``as_completed`` yields the earliest to finish (ties: the first submitted), measuring
+    the trial's commit with ``metric`` plus the next ``noise``. ``writes(files)`` says what
+    a run writes into its checkout, ``{path: "new" | "modified"}``.
+    """
+
+    kind = "fake"
+
+    def __init__(
+        self,
+        repo: FakeRepo,
+        metric: Callable[[Files], float],
+        capacity: int = 2,
+        *,
+        noise: Iterable[float] = (0.0,),
+        duration: Callable[[Files], float] = lambda files: 1.0,
+        crash: Callable[[Files], str | None] = lambda files: None,
+        writes: Callable[[Files], dict[str, str]] = lambda files: {},
+        lost: Callable[[Any], str] = lambda trial: "",
+    ) -> None:
+        self.repo = repo
+        self.metric = metric
+        self.capacity = capacity
+        self.noise = itertools.cycle(list(noise))
+        self.duration = duration
+        self.crash = crash
+        self.writes = writes
+        self.lost = lost
+        self.now = 0.0
+        self.free = [0.0] * capacity  # when each worker is next free
+        self.running: list[tuple[float, int, int, Any]] = []  # (end, order, worker, trial)
+        self.order = itertools.count()
+        self.trials: list[Any] = []
+        self.closed = False
+
+    def submit(self, trial: Any) -> None:
+        assert not self.closed
+        self.trials.append(trial)
+        files = self.repo.commits[trial.snapshot_sha or trial.parent_sha]
+        worker = min(range(self.capacity), key=lambda i: self.free[i])
+        start = max(self.now, self.free[worker])
+        end = start + self.duration(files) * trial.runs
+        self.free[worker] = end
+        self.running.append((end, next(self.order), worker, trial))
+
+    def as_completed(self, timeout: float | None = None):
+        from pytest_autoresearch.executors.base import TrialResult
+
+        while self.running and not self.closed:
+            self.running.sort(key=lambda r: (r[0], r[1]))
+            end, _, worker, trial = self.running.pop(0)
+            self.now = max(self.now, end)
+            files = self.repo.commits[trial.snapshot_sha or trial.parent_sha]
+            result = TrialResult(trial.id, worker=f"w{worker}", host="fakehost")
+            result.error = self.lost(trial)
+            for _ in range(0 if result.error else trial.runs):
+                why = self.crash(files)
+                ev = (
+                    evaluation(None, status="crash", reason=why)
+                    if why
+                    else evaluation(self.metric(files) + next(self.noise))
+                )
+                wrote = self.writes(files)
+                result.evaluations.append(ev)
+                result.changed.append(sorted(wrote))
+                result.created.append(sorted(p for p, k in wrote.items() if k == "new"))
+                result.started.append(1.7e9 + self.now)
+            yield result
+
+    def shutdown(self) -> None:
+        self.closed = True
+        self.running.clear()

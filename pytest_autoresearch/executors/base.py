@@ -47,6 +47,7 @@ class Trial:
     env_hints: Mapping[str, str] = field(default_factory=dict)  # extra environment variables
     runs: int = 1  # evaluations in a row (the baseline's runs, a confirmation)
     required: tuple[str, ...] = ()  # metric names that must have a value (the objective)
+    extra_args: tuple[str, ...] = ()  # more pytest arguments (e.g. lean's ``-p`` plugins)
 
     def __post_init__(self) -> None:
         if self.runs < 1:
@@ -57,6 +58,7 @@ class Trial:
         object.__setattr__(self, "metric_args", tuple(self.metric_args))
         object.__setattr__(self, "guard_args", tuple(self.guard_args))
         object.__setattr__(self, "required", tuple(self.required))
+        object.__setattr__(self, "extra_args", tuple(self.extra_args))
         object.__setattr__(self, "env_hints", dict(self.env_hints))
 
 
@@ -72,6 +74,8 @@ class TrialResult:
     error: str = ""  # one line: why nothing (or not all) was measured; "" when all ran
     stale: bool = False  # the diff did not apply on the parent (``error`` says how)
     changed: list[list[str]] = field(default_factory=list)  # per evaluation: paths it wrote
+    created: list[list[str]] = field(default_factory=list)  # per evaluation: new files among them
+    started: list[float] = field(default_factory=list)  # per evaluation: time.time() at its start
     attempts: int = 1  # 2 when the worker was lost once and the trial ran again
     notes: list[str] = field(default_factory=list)  # e.g. "worker lost (...), retried"
 
@@ -170,6 +174,8 @@ def run_trial(
     kwargs = dict(evaluate_kwargs or {})
     if trial.required:
         kwargs.setdefault("required", trial.required)
+    if trial.extra_args:
+        kwargs["extra_args"] = (*kwargs.get("extra_args", ()), *trial.extra_args)
     try:
         workspace.apply(trial.parent_sha, trial.diff, trial.snapshot_sha)
     except ApplyError as exc:
@@ -182,6 +188,7 @@ def run_trial(
                 if should_stop():
                     result.error = "stopped before all runs were done"
                     break
+                result.started.append(time.time())
                 ev = evaluate_fn(
                     workspace.root,
                     list(trial.metric_args),
@@ -191,7 +198,9 @@ def run_trial(
                     **kwargs,
                 )
                 result.evaluations.append(ev)
-                result.changed.append(workspace.changes())
+                kinds = workspace.changes_by_kind()
+                result.changed.append(sorted(kinds))
+                result.created.append(sorted(p for p, k in kinds.items() if k == "new"))
                 workspace.restore()  # each run starts from exactly the candidate
         except Exception as exc:  # a broken workspace: say so, keep the runs made so far
             result.error = f"{type(exc).__name__}: {exc}"

@@ -94,13 +94,17 @@ def _run_in_place(
     kwargs = dict(evaluate_kwargs)
     if trial.required:
         kwargs.setdefault("required", trial.required)
+    if trial.extra_args:
+        kwargs["extra_args"] = (*kwargs.get("extra_args", ()), *trial.extra_args)
     full_env = {**os.environ, **env, **trial.env_hints}
     for _ in range(trial.runs):
+        result.started.append(time.time())
         ev = evaluate_fn(
             root, list(trial.metric_args), list(trial.guard_args), trial.timeout,
             env=full_env, **kwargs,
         )  # fmt: skip
         result.evaluations.append(ev)
         result.changed.append([])  # the controller's own scope check looks at its checkout
+        result.created.append([])
     result.duration = time.monotonic() - t0
     return result

@@ -125,6 +125,8 @@ class _TrackingLauncher:
 class WorktreeExecutor:
     """A pool of worktree workers on this machine; see the module docstring."""
 
+    kind = "worktree"
+
     def __init__(
         self,
         repo: Path | str,

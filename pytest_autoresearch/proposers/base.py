@@ -84,6 +84,8 @@ class ProposalContext:
     total: int
     state_dir: Path  # .autoresearch/<tag>/: a proposer may keep state here (resumable)
     metrics: dict[str, float] = field(default_factory=dict)  # the best commit's other metrics
+    # What other workers are measuring right now (K workers): not worth proposing again.
+    in_flight: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -188,7 +188,10 @@ class OptunaProposer:
     def _sampler(self, offset: int) -> Any:
         from optuna.samplers import TPESampler
 
-        return TPESampler(seed=None if self.seed is None else self.seed + offset)
+        # constant_liar: trials still running (K workers) count as bad guesses, so parallel
+        # asks spread out instead of piling onto one point; with one worker it changes nothing.
+        seed = None if self.seed is None else self.seed + offset
+        return TPESampler(seed=seed, constant_liar=True)
 
     def _ask(
         self,

@@ -162,9 +162,14 @@ def state_message(ctx: ProposalContext, history_tokens: int = HISTORY_TOKENS) ->
         "",
         "## Journal of earlier experiments (change in the objective: + is better)",
         compact_history(ctx.history, history_tokens),
-        "",
-        "Make your change for this experiment now.",
     ]
+    if ctx.in_flight:
+        lines += [
+            "",
+            "## Being measured right now by other workers (do not propose these again)",
+            *(f"- {_one_line(d, 200)}" for d in ctx.in_flight),
+        ]
+    lines += ["", "Make your change for this experiment now."]
     return "\n".join(lines)
 
 
