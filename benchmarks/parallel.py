@@ -18,6 +18,13 @@ those (discarded without a re-measure, re-based, or dropped as stale).
 
     python benchmarks/parallel.py --measure -n 8
     python benchmarks/parallel.py --simulate --experiments 4000
+    python benchmarks/parallel.py --loop -n 12 --rounds 2
+
+Through the loop (``--loop``): whole ``pytest --autoresearch -n N`` sessions (the Optuna
+proposer, the keep rule, commits, journal) on the same sleeping metric, one at a time in
+the checkout, with two worktree workers, and with ``--autoresearch-ray local`` and two
+workers; experiments per hour from the journal, from the first experiment's start to the
+last one's end (the baseline is left out: it is the same work in every configuration).
 """
 
 from __future__ import annotations
@@ -148,6 +155,116 @@ def measure(n: int, sleep: float, ray_too: bool) -> None:
               f"{(by['ray local x1'] - by['worktree x1']) / n:+.2f}s")  # fmt: skip
 
 
+# -- through the real loop ----------------------------------------------------------------
+
+LOOP_PROGRAM = """\
+---
+editable: ["knob.py"]
+objective: loss
+timeout: 60
+baseline_runs: 2
+---
+Tune X.
+"""
+
+LOOP_METRIC = """
+import time
+from pytest_autoresearch import metric
+import knob
+import pace
+
+
+@metric(goal="min")
+def test_loss():
+    time.sleep(pace.SLEEP)
+    return abs(knob.X - 3.0)
+"""
+
+
+def _loop_project(sleep: float) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="bench-parallel-loop-")) / "proj"
+    (root / "tests").mkdir(parents=True)
+    (root / "knob.py").write_text("X = 10.0  # search: -20..20\n")
+    (root / "pace.py").write_text(f"SLEEP = {sleep}\n")  # not editable: the pace is fixed
+    (root / "tests" / "test_metric.py").write_text(textwrap.dedent(LOOP_METRIC))
+    (root / "program.md").write_text(LOOP_PROGRAM)
+    (root / "pytest.ini").write_text("[pytest]\npythonpath = .\n")
+    (root / ".gitignore").write_text("__pycache__/\n.autoresearch/\n")
+    _git(root.parent, "init", "-q", "-b", "main", str(root))
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "bench")
+    return root
+
+
+def _loop_once(n: int, sleep: float, args: list[str]) -> dict:
+    """One ``pytest --autoresearch`` session on a fresh project; figures from its journal."""
+    import datetime
+    import json
+
+    root = _loop_project(sleep)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "AUTORESEARCH"))}
+    cmd = [sys.executable, "-m", "pytest", "--autoresearch", "-n", str(n), "--autoresearch-seed",
+           "1", "--autoresearch-tag", "bench", "-p", "no:randomly", *args]  # fmt: skip
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args) or 'serial'} failed:\n{done.stdout[-3000:]}")
+    events = [
+        json.loads(line)
+        for line in (root / ".autoresearch" / "bench" / "experiments.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    recs = [e for e in events if e["event"] == "experiment"]
+
+    def when(text: str) -> float:
+        return datetime.datetime.fromisoformat(text).timestamp()
+
+    span = max(when(r["finished"]) for r in recs) - min(when(r["started"]) for r in recs)
+    evals = [e for r in recs for e in r["evaluations"]]
+    return {
+        "wall": wall,
+        "span": span,
+        "experiments": len(recs),
+        "evaluations": len(evals),
+        "per_hour": 3600 * len(recs) / span if span > 0 else float("nan"),
+        "eval_s": statistics.mean(e["duration"] for e in evals) if evals else float("nan"),
+        "kept": sum(r["status"] == "keep" for r in recs),
+        "stale": sum(r["status"] == "stale" for r in recs),
+        "rebased": sum(bool(r.get("rebased")) for r in recs),
+    }
+
+
+def loop(n: int, sleep: float, ray_too: bool, rounds: int) -> None:
+    """``pytest --autoresearch -n N`` with 1 and 2 worktree workers (and Ray local x2),
+    interleaved ``rounds`` times; experiments per hour from the journal (baseline excluded).
+    """
+    configs = [("serial (in place)", []), ("worktree x2", ["--autoresearch-workers", "2"])]
+    if ray_too:
+        configs.append(("ray local x2", ["--autoresearch-ray", "local",
+                                         "--autoresearch-workers", "2"]))  # fmt: skip
+    got: dict[str, list[dict]] = {name: [] for name, _ in configs}
+    for _ in range(rounds):
+        for name, args in configs:
+            got[name].append(_loop_once(n, sleep, args))
+    print(f"\n{n} experiments per session, metric sleeps {sleep:g}s, optuna seed 1, "
+          f"{rounds} round(s) interleaved, cores: {os.cpu_count()}")  # fmt: skip
+    print(f"{'configuration':<20}{'session s':>10}{'exp/hour':>10}{'evals':>7}{'eval s':>8}"
+          f"{'kept':>6}{'stale':>6}{'rebased':>8}{'vs serial':>10}")  # fmt: skip
+    base = statistics.median(r["per_hour"] for r in got[configs[0][0]])
+    for name, _ in configs:
+        rows = got[name]
+        per_hour = statistics.median(r["per_hour"] for r in rows)
+        print(f"{name:<20}{statistics.median(r['wall'] for r in rows):>10.1f}{per_hour:>10.0f}"
+              f"{statistics.median(r['evaluations'] for r in rows):>7.0f}"
+              f"{statistics.median(r['eval_s'] for r in rows):>8.2f}"
+              f"{statistics.median(r['kept'] for r in rows):>6.0f}"
+              f"{statistics.median(r['stale'] for r in rows):>6.0f}"
+              f"{statistics.median(r['rebased'] for r in rows):>8.0f}"
+              f"{per_hour / base:>9.2f}x")  # fmt: skip
+
+
 # -- simulated ----------------------------------------------------------------------------
 
 
@@ -274,13 +391,17 @@ def main() -> int:
     ap.add_argument("--simulate", action="store_true", help="simulate 1, 2, 8 and 64 workers")
     ap.add_argument("--experiments", type=int, default=4000, help="experiments per simulation")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--loop", action="store_true", help="whole research sessions, 1 and 2 workers")
+    ap.add_argument("--rounds", type=int, default=1, help="--loop: sessions per configuration")
     args = ap.parse_args()
-    if not (args.measure or args.simulate):
-        ap.error("say --measure, --simulate or both")
+    if not (args.measure or args.simulate or args.loop):
+        ap.error("say --measure, --simulate, --loop or several")
     if args.simulate:
         simulate_table(args.experiments, args.seed)
     if args.measure:
         measure(args.n, args.sleep, not args.no_ray)
+    if args.loop:
+        loop(args.n, args.sleep, not args.no_ray, args.rounds)
     return 0
 
 

@@ -101,6 +101,7 @@ class LoopResult:
     cost: Cost = field(default_factory=Cost)
     interrupted: bool = False
     failed: bool = False  # stopped by an error (the session exits non-zero)
+    workers: int | None = None  # experiments in flight at once, when run by an executor
 
 
 def _now() -> str:
@@ -221,6 +222,7 @@ class ResearchLoop:
                 cost=self.cost,
                 interrupted=interrupted,
                 failed=failed,
+                workers=self.capacity if self.executor_kind != "serial" else None,
             )
         return self.result
 

@@ -134,12 +134,26 @@ class ParallelLoop(ResearchLoop):
             for result in self.executor.as_completed():
                 self._handle(result)
                 self._fill(started)
+                self._show_workers()
             if self.pending and not self._closed():
                 continue  # as_completed returned on its timeout: wait again
             break
         if self._stopping:
             return self._stopping
         return stop_reason, False
+
+    def _show_workers(self) -> None:
+        """One line: what each worker is measuring now (executors that say so)."""
+        running = getattr(self.executor, "running", None)
+        if not isinstance(running, dict) or not self.pending:
+            return
+        parts = []
+        for worker, trial_id in running.items():
+            cand = self.pending.get(trial_id) if trial_id else None
+            parts.append(f"{worker} #{cand.rec['index']} {cand.kind}" if cand else f"{worker} -")
+        queued = len(self.pending) - sum(1 for t in running.values() if t in self.pending)
+        more = f"; {queued} queued" if queued > 0 else ""
+        self.echo(f"  workers: {', '.join(parts)}{more}")
 
     def _closed(self) -> bool:
         return bool(getattr(self.executor, "_closed", False))
