@@ -7,6 +7,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pytest_autoresearch.executors.base import Executor
+    from pytest_autoresearch.options import ExecutorSettings
+    from pytest_autoresearch.program import Program
     from pytest_autoresearch.proposers.base import Proposer
 
 
@@ -22,6 +27,37 @@ def pytest_autoresearch_make_proposer(name: str, config: pytest.Config) -> Propo
                 from my_plugin.grid import GridProposer
                 return GridProposer(step=config.getini("grid_step"))
             return None
+    """
+
+
+@pytest.hookspec(firstresult=True)
+def pytest_autoresearch_make_executor(
+    config: pytest.Config,
+    settings: ExecutorSettings,
+    root: Path,
+    launcher: Any,
+    record_dir: Path,
+    program: Program,
+) -> Executor | None:
+    """Say where the experiments' evaluations run: an Executor, or None for one at a time.
+
+    Called once per research session, after the research branch is checked out. None (the
+    built-in answer for one worker) evaluates in the user's checkout, one experiment at a
+    time; otherwise the object follows ``executors.base.Executor`` (``capacity``,
+    ``submit``, ``as_completed``, ``shutdown``) and the loop keeps ``capacity`` trials in
+    flight. ``settings``: ``workers`` (None: as many as a Ray cluster holds), ``ray``,
+    ``gpus_per_worker``, ``workers_from``; ``launcher``: the session's isolation for
+    evaluations on this machine; ``record_dir``: ``.autoresearch/<tag>``. The first
+    non-None answer wins; the built-in one (worktrees, Ray) runs last. Raise
+    ``pytest.UsageError`` to refuse the settings with one clear line::
+
+        def pytest_autoresearch_make_executor(config, settings, root, launcher, record_dir,
+                                              program):
+            if not config.getini("slurm_partition"):
+                return None  # not ours: the built-in executors decide
+            from my_plugin.slurm import SlurmExecutor
+            return SlurmExecutor(root, partition=config.getini("slurm_partition"),
+                                 jobs=settings.workers or 8)
     """
 
 

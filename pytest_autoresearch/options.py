@@ -2,9 +2,10 @@
 
 Each option is also an ini key (its dest name); ``option(config, name)`` reads "the
 command line, else the ini key, else the default", and ``research_plugin`` resolves them
-all once in ``pytest_configure``. Here too: what the hooks, the session and publishing
-share (the stash key of a finished run, the default tag, the proposer choice), so none of
-them imports another's module for it.
+all once in ``pytest_configure``. ``executor_settings`` adds program.md's ``workers:``
+below the ini key: how many experiments run at once, and where. Here too: what the
+hooks, the session and publishing share (the stash key of a finished run, the default tag,
+the proposer choice), so none of them imports another's module for it.
 """
 
 from __future__ import annotations
@@ -13,14 +14,21 @@ import argparse
 import datetime
 import os
 import re
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_autoresearch.budget import duration_option
 
+if TYPE_CHECKING:
+    from pytest_autoresearch.program import Program
+
 # The finished run, (LoopResult, records), for the terminal summary and publishing.
 RESULT_KEY = pytest.StashKey[Any]()
+# Where each option's value came from ("--autoresearch-NAME", "ini" or "default"), noted
+# the first time it is read: pytest_configure then writes the value back into config.option.
+_SOURCES_KEY = pytest.StashKey[dict[str, str]]()
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _N_FLAGS = ("-n", "--numprocesses")
@@ -39,7 +47,17 @@ _METAVARS = {
     "max_cost": "USD",
     "time_budget": "DURATION",
     "remote": "NAME",
+    "workers": "N",
+    "ray": "ADDRESS",
 }
+RAY_FORMS = (
+    "'local' (a throwaway Ray instance on this machine), 'auto' (the cluster this machine "
+    "is part of), 'ray://HOST:PORT' or 'HOST:PORT'"
+)
+_RAY_ADDRESS = re.compile(
+    r"^(?:ray://)?(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r":(?P<port>[0-9]{1,5})$"
+)
 
 
 # -- option validators (argparse ``type=``) -----------------------------------------------
@@ -65,6 +83,32 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"the number must be 0 or more, got {value}")
     return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of workers such as 4, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of workers such as 4 (at least 1), got {value}"
+        )
+    return value
+
+
+def _ray_address(text: str) -> str:
+    address = text.strip()
+    if address in ("local", "auto"):
+        return address
+    m = _RAY_ADDRESS.match(address)
+    if m is None or not 0 < int(m["port"]) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Ray address; use {RAY_FORMS}, e.g. ray://head:10001"
+        )
+    return address
 
 
 def _usd(text: str) -> float:
@@ -148,25 +192,92 @@ _OPTIONS: list[tuple[str, Any, Any, str]] = [
         "origin",
         "git remote that --autoresearch-pr pushes the research branch to (default origin)",
     ),
+    (
+        "workers",
+        _workers,
+        None,
+        "experiments in flight at once, each in its own git worktree (or Ray actor); "
+        "program.md may set workers: (default 1; under --autoresearch-ray, what the cluster "
+        "holds: one per GPU, else one per CPU)",
+    ),
+    (
+        "ray",
+        _ray_address,
+        None,
+        "evaluate on a Ray cluster: 'local' (a throwaway instance here), 'auto' (the cluster "
+        "this machine is part of), or 'ray://HOST:PORT' (needs pytest-autoresearch[ray])",
+    ),
 ]
 
 
 def option(config: pytest.Config, name: str) -> Any:
     """An --autoresearch-NAME value: the command line, else the ini key, else the default."""
+    value, _source = _read(config, name)
+    return value
+
+
+def option_source(config: pytest.Config, name: str) -> str:
+    """Where ``option(config, name)`` came from: "--autoresearch-NAME", "ini" or "default"."""
+    known = config.stash.get(_SOURCES_KEY, {}).get(name)
+    return known if known is not None else _read(config, name)[1]
+
+
+def _read(config: pytest.Config, name: str) -> tuple[Any, str]:
     for opt_name, type_, default, _help in _OPTIONS:
         if opt_name != name:
             continue
+        sources = config.stash.setdefault(_SOURCES_KEY, {})
         value = config.getoption("autoresearch_" + name)
         if value is not None:
-            return value
+            sources.setdefault(name, "--autoresearch-" + name.replace("_", "-"))
+            return value, sources[name]
         ini = config.getini("autoresearch_" + name)
         if ini not in (None, "", []):
             try:
-                return type_(str(ini).strip())
+                value = type_(str(ini).strip())
             except (argparse.ArgumentTypeError, ValueError) as exc:
                 raise pytest.UsageError(f"ini key autoresearch_{name} = {ini!r}: {exc}") from None
-        return default
+            sources.setdefault(name, "ini")
+            return value, sources[name]
+        sources.setdefault(name, "default")
+        return default, sources[name]
     raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class ExecutorSettings:
+    """How many experiments run at once, and where (``executor_settings``).
+
+    ``workers`` None: under Ray, as many as the cluster holds (the Ray executor decides
+    once it is connected). ``workers_from`` says where the number came from, for the
+    line printed at the start: "--autoresearch-workers", "ini", "program.md", "the Ray
+    cluster" or "default".
+    """
+
+    workers: int | None
+    ray: str | None
+    gpus_per_worker: int
+    workers_from: str
+
+
+def executor_settings(config: pytest.Config, program: Program | None) -> ExecutorSettings:
+    """The command line, else the ini key, else program.md's ``workers:``, else 1."""
+    ray = option(config, "ray")
+    workers = option(config, "workers")
+    source = option_source(config, "workers")
+    program_workers = getattr(program, "workers", None)
+    if workers is None and program_workers is not None:
+        workers, source = program_workers, "program.md"
+    elif workers is None and ray is not None:
+        source = "the Ray cluster"
+    elif workers is None:
+        workers, source = 1, "default"
+    return ExecutorSettings(
+        workers=workers,
+        ray=ray,
+        gpus_per_worker=getattr(program, "gpus_per_worker", 1),
+        workers_from=source,
+    )
 
 
 def default_tag(today: datetime.date | None = None) -> str:

@@ -17,6 +17,11 @@ Program(path, editable, objective, guards=(), holdout=None, constraints=(), time
     .protected_overlaps(root) -> list[str]   one line per glob covering a protected path
     .glob_for(relpath) -> str | None    "the editable glob 'g' (program.md line 2)"
     .sandbox, .network: bool            program.md ``sandbox:``/``network:`` (default on)
+    .workers: int | None                program.md ``workers:`` (None: not given)
+    .gpus_per_worker: int               GPUs each worker gets (default 1; 0 hides them)
+    .lean: bool | tuple[str, ...]       start evaluations with only the plugins they need
+                                        (a tuple: plugin names to keep loaded as well)
+    .shared: tuple[str, ...]            untracked paths linked into every worker's checkout
 load_program(path, root) -> Program     reads and validates; raises ProgramError
 parse_program(text, path, root) -> Program
 glob_to_regex(glob) -> re.Pattern
@@ -61,6 +66,12 @@ KEYS: dict[str, str] = {
     "network": "whether the experiment may use the network; default on (data loaders)",
     "search": "ranges for the optuna proposer, per file and name, e.g. "
     '{"train.py": {"learning_rate": "log 1e-5..1e-1"}} (docs/optuna-proposer.md)',
+    "workers": "experiments in flight at once (default 1; --autoresearch-workers wins)",
+    "gpus_per_worker": "GPUs each worker gets, pinned with CUDA_VISIBLE_DEVICES (default 1; "
+    "0 hides them)",
+    "lean": "start evaluations with only the plugins the metric tests need: true, or a list "
+    "of pytest plugins to keep loaded as well (default false)",
+    "shared": 'untracked paths the workers\' checkouts link to, e.g. ["data/"] (a dataset)',
 }
 _OPS = ("<=", ">=", "==", "<", ">")
 _CONSTRAINT_RE = re.compile(
@@ -121,6 +132,10 @@ class Program:
     search: tuple[Any, ...] = ()  # proposers.search_spec.Declared: ranges for named numbers
     sandbox: bool = True  # isolate each evaluation (read by the launcher)
     network: bool = True  # the experiment may use the network
+    workers: int | None = None  # experiments in flight; None: not said here
+    gpus_per_worker: int = 1  # each worker's own GPUs (0: hidden from the evaluations)
+    lean: bool | tuple[str, ...] = False  # a tuple: lean, keeping these plugins loaded
+    shared: tuple[str, ...] = ()  # untracked paths linked into workers' checkouts
     instructions: str = ""
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     program_relpath: str | None = field(default=None, compare=False, repr=False)
@@ -485,6 +500,10 @@ def _build(
         search=_search(data.get("search"), editable, root, program_rel, fail),
         sandbox=_flag(data, "sandbox", fail),
         network=_flag(data, "network", fail),
+        workers=_count(data, "workers", fail, least=1, default=None),
+        gpus_per_worker=_count(data, "gpus_per_worker", fail, least=0, default=1),
+        lean=_lean(data.get("lean", False), fail),
+        shared=_shared(data.get("shared", ()), root, fail),
         instructions=instructions,
         lines=lines,
         program_relpath=program_rel,
@@ -607,3 +626,56 @@ def _flag(data: dict[Any, Any], key: str, fail: Any) -> bool:
     if isinstance(value, bool):
         return value
     raise fail(key, f"{key} must be on or off, got {value!r}", f"write {key}: on (or {key}: off)")
+
+
+def _count(data: dict[Any, Any], key: str, fail: Any, *, least: int, default: int | None) -> Any:
+    value = data.get(key, default)
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+        return value
+    example = {"workers": 4, "gpus_per_worker": 2}.get(key, least)
+    raise fail(
+        key,
+        f"{key} must be a whole number >= {least}, got {value!r}",
+        f"write e.g. {key}: {example}",
+    )
+
+
+def _lean(value: Any, fail: Any) -> bool | tuple[str, ...]:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(x, str) and re.match(r"^[A-Za-z0-9_.:\-]+$", x.strip()) for x in value
+    ):
+        return tuple(x.strip() for x in value) or True  # [] is lean with nothing kept
+    raise fail(
+        "lean",
+        f"lean must be true, false or a list of pytest plugin names, got {value!r}",
+        "write lean: true, or e.g. lean: [pytest_timeout] to keep a plugin loaded",
+    )
+
+
+def _shared(value: Any, root: Path, fail: Any) -> tuple[str, ...]:
+    out = []
+    for raw in _strings(value, "shared", fail) if value is not None else ():
+        rel = _normalise(raw.rstrip("/"))
+        if rel is None or any(ch in rel for ch in "*?["):
+            raise fail(
+                "shared",
+                f"the shared path {raw!r} is not a plain path inside the rootdir",
+                "name a file or folder relative to the rootdir, without '..' or wildcards, "
+                "e.g. data/",
+            )
+        if _PROTECTED_PARTS.intersection(rel.casefold().split("/")):
+            raise fail(
+                "shared",
+                f"the shared path {raw!r} is inside git's or the loop's own files",
+                "share only your own untracked files, e.g. a dataset folder",
+            )
+        if not (root / rel).exists():
+            raise fail(
+                "shared",
+                f"the shared path {raw!r} does not exist under {root}",
+                "create it first (e.g. download the data), or remove it from shared",
+            )
+        out.append(rel)
+    return tuple(dict.fromkeys(out))

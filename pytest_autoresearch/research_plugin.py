@@ -168,3 +168,13 @@ def pytest_autoresearch_make_proposer(name: str, config: pytest.Config):
 
         return openai.build(config)
     return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_autoresearch_make_executor(
+    config: pytest.Config, settings: Any, root: Any, launcher: Any, record_dir: Any, program: Any
+):
+    """The built-in executors: None (one at a time, in place), worktrees, or Ray."""
+    from pytest_autoresearch.executors.choose import make_executor
+
+    return make_executor(settings, root, launcher, record_dir, program)

@@ -297,3 +297,52 @@ def test_a_protected_directory_protects_what_is_under_it(root: Path) -> None:
     p = p.with_protected(["tests/"])
     assert not p.is_editable("tests/test_model.py") and not p.is_editable("Tests/sub/x.py")
     assert p.is_editable("nanochat/train.py") and p.is_editable("tests_other/x.py")
+
+
+def test_parallel_keys_default_to_one_at_a_time(root: Path) -> None:
+    p = load_program(write(root, "---\neditable: [nanochat/train.py]\nobjective: l\n---\n"), root)
+    assert (p.workers, p.gpus_per_worker, p.lean, p.shared) == (None, 1, False, ())
+
+
+def test_parallel_keys_parse_and_survive_with_protected(root: Path) -> None:
+    (root / "data" / "shards").mkdir(parents=True)
+    text = (
+        "---\neditable: [nanochat/train.py]\nobjective: l\nworkers: 4\ngpus_per_worker: 0\n"
+        "lean: [pytest_timeout, xdist]\nshared: ['data/', './data/shards', data]\n---\n"
+    )
+    p = load_program(write(root, text), root).with_protected(["tests/"])
+    assert (p.workers, p.gpus_per_worker) == (4, 0)
+    assert p.lean == ("pytest_timeout", "xdist")
+    assert p.shared == ("data", "data/shards")  # normalised, each once
+    for value, lean in (("true", True), ("off", False), ("[]", True)):
+        text = f"---\neditable: [nanochat/train.py]\nobjective: l\nlean: {value}\n---\n"
+        assert load_program(write(root, text), root).lean == lean
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("workers: 0", ["workers must be a whole number >= 1, got 0", "workers: 4"]),
+        ("workers: two", ["workers must be a whole number >= 1, got 'two'"]),
+        ("workers: true", ["workers must be a whole number >= 1, got True"]),
+        ("gpus_per_worker: -1", ["gpus_per_worker must be a whole number >= 0, got -1"]),
+        ("gpus_per_worker: 1.5", ["gpus_per_worker must be a whole number >= 0, got 1.5"]),
+        ("lean: maybe", ["lean must be true, false or a list of pytest plugin names", "lean: [py"]),
+        ("lean: ['-p no:x']", ["lean must be true, false or a list"]),
+        ("shared: data", ["the shared path 'data' does not exist", "download the data"]),
+        ("shared: ['/data']", ["'/data' is not a plain path inside the rootdir"]),
+        ("shared: ['../data']", ["'../data' is not a plain path", "without '..'"]),
+        ("shared: ['data/*.bin']", ["not a plain path", "wildcards"]),
+        ("shared: ['.git/lfs']", ["inside git's or the loop's own files"]),
+        ("shared: 3", ["shared must be a list of non-empty strings"]),
+        ("worker: 4", ["unknown key 'worker'; did you mean 'workers'?"]),
+        ("gpus_per_workers: 2", ["did you mean 'gpus_per_worker'?"]),
+    ],
+)
+def test_parallel_keys_errors_name_the_line_and_the_fix(
+    root: Path, line: str, words: list[str]
+) -> None:
+    e = error(root, f"---\neditable: [nanochat/train.py]\nobjective: l\n{line}\n---\n")
+    assert str(e).startswith(f"{root / 'program.md'}:4: ") and e.line == 4
+    for w in words:
+        assert w in str(e)

@@ -8,6 +8,10 @@ lacks the parent. The actor runs ``run_trial`` (apply, evaluate in a fresh pytes
 restore) and returns the ``TrialResult``; proposing, deciding, committing and journaling
 stay on the driver.
 
+How many actors: ``workers``, or else what the cluster holds (one per ``num_gpus`` GPUs
+where it has GPUs, else one per CPU): ``capacity``. Isolation (program.md's ``sandbox:`` and
+``network:``) is built by each actor on its node, around its own checkout.
+
 A lost worker or node (the actor's process died: ``RayActorError``) is replaced by a fresh
 actor and the trial retried once; lost again, the trial comes back with ``error`` saying
 why, which the loop records as a crash. ``shutdown`` kills the actors (their evaluations
@@ -56,15 +60,27 @@ def import_ray() -> Any:
 
 
 class RayWorker:
-    """The actor: one checkout on its node, one trial at a time."""
+    """The actor: one checkout on its node, one trial at a time.
+
+    ``isolation``: (sandbox, network) from program.md, or None for none (plain
+    subprocesses). The launcher is built here, on the node, once the checkout exists: its
+    git directory is the one evaluations must not write, and a launcher does not pickle.
+    """
 
     def __init__(
-        self, name: str, prefix: str, threads: int, evaluate_kwargs: Mapping[str, Any]
+        self,
+        name: str,
+        prefix: str,
+        threads: int,
+        evaluate_kwargs: Mapping[str, Any],
+        isolation: tuple[bool, bool] | None = None,
     ) -> None:
         self.name = name
         self.prefix = prefix
         self.env = worker_env(name, threads=threads)
         self.evaluate_kwargs = dict(evaluate_kwargs)
+        self.isolation = isolation
+        self.launcher: Any = None
         self.folder = Path(tempfile.gettempdir()) / CLONE_DIR
         self.space: Any = None
         _prune_clones(self.folder)
@@ -88,9 +104,28 @@ class RayWorker:
             return TrialResult(
                 trial.id, worker=self.name, host=_host(), error=f"could not check out: {exc}"
             )
+        if self.isolation is not None and self.launcher is None:
+            try:
+                self.launcher = self._make_launcher()
+            except Exception as exc:  # IsolationError: e.g. network: off where it cannot be
+                return TrialResult(trial.id, worker=self.name, host=_host(), error=str(exc))
+            self.evaluate_kwargs["launcher"] = self.launcher
         return run_trial(
             self.space, trial, worker=self.name, env=self.env, evaluate_kwargs=self.evaluate_kwargs
         )
+
+    def describe(self) -> str:
+        """The isolation line of this worker's evaluations (after its first trial)."""
+        if self.launcher is None:
+            return "isolation: none (plain subprocess)"
+        return self.launcher.describe()
+
+    def _make_launcher(self) -> Any:
+        from pytest_autoresearch.isolation import IsolationSpec, git_paths, make_launcher
+
+        sandbox, network = self.isolation or (True, True)
+        spec = IsolationSpec(sandbox=sandbox, network=network, readonly=git_paths(self.space.root))
+        return make_launcher(spec)
 
     def close(self) -> None:
         if self.space is not None:
@@ -133,25 +168,34 @@ class RayExecutor:
         self,
         repo: Path | str,
         address: str = "local",
-        workers: int = 2,
+        workers: int | None = 2,
         *,
         num_cpus: float = 1,
         num_gpus: float = 0,
+        gpu_optional: bool = False,
         evaluate_kwargs: Mapping[str, Any] | None = None,
         runtime_env: Mapping[str, Any] | None = None,
         retries: int = RETRIES,
+        sandbox: bool | None = None,
+        network: bool = True,
     ) -> None:
         """``address``: "local" (a throwaway instance on this machine), "auto" (the cluster
         this machine is part of) or "ray://host:10001". An instance already initialised in
         this process is used as it is. ``evaluate_kwargs`` must pickle (no launcher object:
         isolation is set up on the worker's node).
+
+        ``workers`` None: what the cluster holds, ``GPUs // num_gpus`` where it has GPUs,
+        else one per ``num_cpus`` CPUs (at least 1). ``gpu_optional``: on a cluster without
+        GPUs the actors ask for none (instead of waiting forever for one). ``sandbox``,
+        ``network``: program.md's isolation, built on each node (``RayWorker``); ``sandbox``
+        None: plain subprocesses.
         """
-        if workers < 1:
+        if workers is not None and workers < 1:
             raise ValueError(f"workers must be 1 or more, not {workers}")
         ray = import_ray()
         self.ray = ray
         self.repo = Path(repo).resolve()
-        self.capacity = workers
+        prefix = _git_prefix(self.repo)  # before ray.init: a bad repo leaves no instance
         self.retries = retries
         self._owns = False
         if not ray.is_initialized():
@@ -163,8 +207,11 @@ class RayExecutor:
             if runtime_env:
                 kwargs["runtime_env"] = dict(runtime_env)
             if address == "local":
-                kwargs["num_cpus"] = max(1, int(round(workers * num_cpus)))
-                kwargs["num_gpus"] = int(round(workers * num_gpus))
+                # Sized for the workers asked for; none asked for: the whole machine.
+                if workers is not None:
+                    kwargs["num_cpus"] = max(1, int(round(workers * num_cpus)))
+                if workers is not None and not gpu_optional:
+                    kwargs["num_gpus"] = int(round(workers * num_gpus))
                 self._owns = True
             else:
                 kwargs["address"] = address
@@ -175,14 +222,32 @@ class RayExecutor:
                     f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start "
                     "--head) or use --autoresearch-ray local"
                 ) from None
-        prefix = _git_prefix(self.repo)
+        cluster_gpus = ray.cluster_resources().get("GPU", 0) if gpu_optional or not workers else 0
+        if gpu_optional and not cluster_gpus:
+            num_gpus = 0
+        if workers is None:
+            if cluster_gpus and num_gpus:
+                workers = max(1, int(cluster_gpus // num_gpus))
+            else:
+                cpus = ray.cluster_resources().get("CPU", 1)
+                workers = max(1, int(cpus // max(num_cpus, 1e-9)))
+        if self._owns and cluster_gpus and workers * num_gpus > cluster_gpus:
+            ray.shutdown()  # this machine will not grow: the extra actors would wait forever
+            raise ValueError(
+                f"{workers} workers with {num_gpus:g} GPU(s) each need {workers * num_gpus:g} "
+                f"GPUs, and this machine has {cluster_gpus:g}; use --autoresearch-workers "
+                f"{max(1, int(cluster_gpus // num_gpus))} or set gpus_per_worker: in program.md"
+            )
+        self.capacity = workers
+        self.num_gpus = num_gpus
         threads = max(1, int(num_cpus))
         # No restarts by Ray: a lost actor is replaced by a fresh one (calls to an actor that
         # is being created wait for it; calls to one being restarted fail as "unavailable").
         self._actor_class = ray.remote(
             num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0
         )(RayWorker)
-        self._actor_args = (prefix, threads, dict(evaluate_kwargs or {}))
+        isolation = None if sandbox is None else (sandbox, network)
+        self._actor_args = (prefix, threads, dict(evaluate_kwargs or {}), isolation)
         self.names = [f"r{i}" for i in range(workers)]
         self.actors = [self._actor_class.remote(name, *self._actor_args) for name in self.names]
         self._idle: deque[int] = deque(range(workers))
