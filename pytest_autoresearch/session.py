@@ -152,6 +152,28 @@ def _git_dir(root: Path) -> Path | None:
     return Path(out.stdout.strip())
 
 
+def _lean_start(session: pytest.Session, program: Any, metric_ids: list[str], echo: Any) -> Any:
+    """program.md ``lean:``: evaluations load only the plugins the metric tests need."""
+    lean = getattr(program, "lean", False)
+    if not lean:
+        return None
+    from pytest_autoresearch.lean import lean_start
+
+    keep = tuple(lean) if isinstance(lean, (tuple, list)) else ()
+    start = lean_start(session, metric_ids, list(program.guards), keep=keep)
+    echo(start.why)
+    return start
+
+
+def _describe_executor(executor: Any, workers: Any) -> str:
+    kind = getattr(executor, "kind", type(executor).__name__.removesuffix("Executor").lower())
+    where = f" on Ray ({workers.ray})" if workers.ray else ""
+    return (
+        f"workers: {executor.capacity} {kind} worker(s){where}, one experiment each; "
+        "proposals, decisions, commits and the journal stay here"
+    )
+
+
 def run_research_session(session: pytest.Session) -> None:
     """Run the research loop over the collected metric tests (called from runtestloop)."""
     from pytest_autoresearch import publish, report
@@ -201,12 +223,20 @@ def run_research_session(session: pytest.Session) -> None:
             proposer.close()
             raise pytest.UsageError(f"proposer {proposer_name!r}: {exc}") from None
 
+    workers = options.executor_settings(config, program)
+    in_worktrees = workers.ray is None and (workers.workers or 1) > 1
+    start = _lean_start(session, program, metric_ids, echo)
+
     with _Lock(_git_dir(root) or record_dir):
         # Everything that writes into the record comes after the lock: a refused second
         # run must leave no trace.
         try:
             launcher = for_research(
-                root, record_dir, sandbox=program.sandbox, network=program.network
+                root,
+                record_dir,
+                sandbox=program.sandbox,
+                network=program.network,
+                checkout_readonly=in_worktrees,
             )
         except IsolationError as exc:
             proposer.close()
@@ -241,24 +271,26 @@ def run_research_session(session: pytest.Session) -> None:
             proposer_name=proposer_name,
             fault=os.environ.get(FAULT_ENV),
             time_budget=config.getoption("autoresearch_time_budget"),
+            eval_args=start.extra_args if start else (),
+            eval_env=dict(start.env) if start else {},
         )
+        executor = None
         try:
             parse_fault(settings.fault)
-        except LoopError as exc:
+            executor = config.hook.pytest_autoresearch_make_executor(
+                config=config,
+                settings=workers,
+                root=root,
+                launcher=launcher,
+                record_dir=record_dir,
+                program=program,
+            )
+        except (LoopError, pytest.UsageError, ValueError, ImportError, ConnectionError) as exc:
             repo.finish()
             proposer.close()
             raise pytest.UsageError(str(exc)) from None
-        loop = ResearchLoop(
-            settings,
+        common: dict[str, Any] = dict(
             repo=repo,
-            evaluate=lambda metric_args, guard_args, timeout: evaluate(
-                root,
-                list(metric_args),
-                list(guard_args),
-                timeout,
-                launcher=launcher,
-                tmp_root=record_dir / "tmp",
-            ),  # fmt: skip
             proposer=proposer,
             journal=journal,
             echo=echo,
@@ -266,6 +298,27 @@ def run_research_session(session: pytest.Session) -> None:
                 record=rec, config=config
             ),
         )
+        if executor is None:
+            env = {**os.environ, **settings.eval_env}
+            loop = ResearchLoop(
+                settings,
+                evaluate=lambda metric_args, guard_args, timeout: evaluate(
+                    root,
+                    list(metric_args),
+                    list(guard_args),
+                    timeout,
+                    launcher=launcher,
+                    tmp_root=record_dir / "tmp",
+                    extra_args=settings.eval_args,
+                    env=env,
+                ),  # fmt: skip
+                **common,
+            )
+        else:
+            from pytest_autoresearch.parallel import ParallelLoop
+
+            echo(_describe_executor(executor, workers))
+            loop = ParallelLoop(settings, executor=executor, **common)
         try:
             if loop.run().failed:
                 echo(f"autoresearch stopped: {loop.result.stop_reason}", red=True)
@@ -277,12 +330,16 @@ def run_research_session(session: pytest.Session) -> None:
             session.testsfailed += 1
         finally:
             try:
-                repo.finish()
+                if executor is not None:
+                    executor.shutdown()  # evaluations killed, worktrees and actors removed
             finally:
-                proposer.close()
-                result = loop.result
-                if result is not None:
-                    records = journal.load().records
-                    config.stash[RESULT_KEY] = (result, records)
-                    report.write_report(record_dir, records, result, program)
+                try:
+                    repo.finish()
+                finally:
+                    proposer.close()
+                    result = loop.result
+                    if result is not None:
+                        records = journal.load().records
+                        config.stash[RESULT_KEY] = (result, records)
+                        report.write_report(record_dir, records, result, program)
         publish.after_run(session, repo, echo)  # only kept, not interrupted, not failed
