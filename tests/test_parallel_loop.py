@@ -70,15 +70,41 @@ def ystep(description: str, y: float, extra: str = "") -> dict:
 def run_loop(
     root: Path, n: int, *args: str, env: dict | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
+    """One research session; ``.pid`` on the result is the driver's process id."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "AUTORESEARCH"))}
     cmd = [
         sys.executable, "-m", "pytest", "--autoresearch", "-n", str(n), "--autoresearch-tag",
         TAG, "--autoresearch-proposer", "scripted", "-p", "no:randomly", "-p", "no:cacheprovider",
         *args,
     ]  # fmt: skip
-    return subprocess.run(
-        cmd, cwd=root, env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
-    )
+    proc = subprocess.Popen(
+        cmd, cwd=root, env={**base, **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out, err = proc.communicate(timeout=timeout)
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    done.pid = proc.pid
+    return done
+
+
+def ray_holders(driver_pid: int) -> list[str]:
+    """Processes with a file open in the Ray session a driver started (its folder ends in
+    its pid), so a check is not fooled by another test's Ray running at the same time."""
+    import glob
+    import tempfile
+
+    sessions = glob.glob(f"{tempfile.gettempdir()}/ray/session_*_{driver_pid}")
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            continue
+        if any(link.startswith(f"{s}/") for s in sessions for link in links):
+            found.append(pid)
+    return found
 
 
 def experiments(root: Path) -> list[dict]:
@@ -235,7 +261,22 @@ def test_ray_local_measures_on_ray_workers_and_stops_its_instance(tmp_path: Path
     assert {r["status"] for r in recs} == {"keep"}
     workers = {e["worker"] for r in recs for e in r["evaluations"]}
     assert workers <= {"r0", "r1"} and workers
-    leftover = subprocess.run(["pgrep", "-f", "raylet"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == "", "the local Ray instance was left running"
+    time.sleep(2.0)
+    assert ray_holders(done.pid) == [], "the local Ray instance was left running"
     journal = root / ".autoresearch" / TAG / "experiments.jsonl"
     assert json.loads(journal.read_text().splitlines()[0])["executor"] == "ray"
+
+
+def test_ray_driver_killed_then_resumed_leaves_no_ray_process(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    root = make_project(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0)])
+    args = ("--autoresearch-ray", "local", "--autoresearch-workers", "2")
+    killed = run_loop(root, 2, *args, env={"AUTORESEARCH_FAULT": "evaluation:1"}, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    done = run_loop(root, 2, *args, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert_clean_end(root, 2)
+    time.sleep(2.0)
+    # The killed driver's Ray agents outlived it; the resumed run reaped them.
+    assert ray_holders(killed.pid) == []
+    assert ray_holders(done.pid) == []

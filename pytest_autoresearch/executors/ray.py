@@ -39,7 +39,7 @@ from typing import Any
 
 from pytest_autoresearch.executors.base import Trial, TrialResult, run_trial, worker_env
 
-__all__ = ["RayExecutor", "RayWorker", "import_ray"]
+__all__ = ["RayExecutor", "RayWorker", "import_ray", "reap_local_leftovers"]
 
 POLL = 0.2  # seconds per ray.wait, so Ctrl-C and the caller's timeout are seen promptly
 RETRIES = 1  # a trial whose worker was lost runs once more, then it is a crash
@@ -145,6 +145,63 @@ def _host() -> str:
     return socket.gethostname()
 
 
+def _mark_local_instance(ray: Any) -> Path | None:
+    """Note the session folder of the local instance this driver started, by driver pid.
+
+    A driver killed with -9 takes Ray's GCS and raylet with it, but not every helper process
+    they started (the dashboard and runtime-env agents outlive it); the next RayExecutor
+    finds them by this note (``reap_local_leftovers``). Only instances we started are noted:
+    a cluster started with ``ray start`` is never touched.
+    """
+    try:
+        session = ray._private.worker._global_node.get_session_dir_path()
+    except Exception:  # a private API: without it there is nothing to note
+        return None
+    folder = Path(tempfile.gettempdir()) / CLONE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f"local-{os.getpid()}.session"
+    marker.write_text(str(session))
+    return marker
+
+
+def reap_local_leftovers(folder: Path | None = None) -> list[int]:
+    """Kill what is left of local instances whose driver is gone; the pids killed (Linux)."""
+    folder = folder or Path(tempfile.gettempdir()) / CLONE_DIR
+    killed: list[int] = []
+    if not folder.is_dir() or not Path("/proc").is_dir():
+        return killed
+    from pytest_autoresearch.evaluate import pid_alive
+
+    for marker in folder.glob("local-*.session"):
+        pid = marker.stem.removeprefix("local-")
+        if not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        session = marker.read_text().strip()
+        if session:
+            killed += _kill_holding(session)
+        marker.unlink(missing_ok=True)
+    return killed
+
+
+def _kill_holding(folder: str) -> list[int]:
+    """SIGKILL every process (of ours) with a file open under ``folder``."""
+    killed = []
+    prefix = folder.rstrip("/") + "/"
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+            held = any(os.readlink(f"/proc/{entry}/fd/{fd}").startswith(prefix) for fd in fds)
+        except OSError:
+            continue
+        if held:
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), 9)
+                killed.append(int(entry))
+    return killed
+
+
 def _prune_clones(folder: Path) -> None:
     """Checkouts left by actors that were killed (a lost worker, a killed driver)."""
     if not folder.is_dir():
@@ -198,6 +255,8 @@ class RayExecutor:
         prefix = _git_prefix(self.repo)  # before ray.init: a bad repo leaves no instance
         self.retries = retries
         self._owns = False
+        self._marker: Path | None = None
+        self.reaped = reap_local_leftovers()  # a local instance of a driver killed with -9
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {
                 "include_dashboard": False,
@@ -217,6 +276,8 @@ class RayExecutor:
                 kwargs["address"] = address
             try:
                 ray.init(**kwargs)
+                if self._owns:
+                    self._marker = _mark_local_instance(ray)
             except ConnectionError as exc:
                 raise ConnectionError(
                     f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start "
@@ -295,6 +356,8 @@ class RayExecutor:
         self._bundles.clear()
         if self._owns:
             self.ray.shutdown()
+            if self._marker is not None:
+                self._marker.unlink(missing_ok=True)
 
     def __enter__(self) -> RayExecutor:
         return self
