@@ -377,8 +377,13 @@ class ResearchLoop:
     def _check_baseline_run(self, ev: Any) -> None:
         if ev.status != "ok" or not ev.guards_passed:
             why = ev.reason or ("guards failed: " + ", ".join(ev.failed_guards))
+            lean = (
+                " (lean: is a plugin the tests need missing? list it under lean:, see docs/lean.md)"
+                if getattr(self.program, "lean", False)
+                else ""
+            )
             raise LoopError(
-                f"the baseline run failed ({why}). Fix the unmodified code first; nothing "
+                f"the baseline run failed ({why}). Fix the unmodified code first{lean}; nothing "
                 f"was changed.\n--- last lines of its output ---\n{ev.log_tail}"
             )
 

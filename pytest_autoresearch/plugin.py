@@ -307,6 +307,8 @@ def _crash_line(report: pytest.TestReport) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     text = getattr(crash, "message", None) or str(report.longrepr or "")
     lines = [line for line in text.strip().splitlines() if line.strip()]
+    if crash is None:  # a fixture lookup error starts with "file ..., line N": use its E lines
+        lines = [ln.strip()[1:].strip() for ln in lines if ln.strip().startswith("E ")] or lines
     if not lines:
         return f"test {report.outcome} in {report.when}"
     return lines[0].removeprefix(f"{MetricError.__module__}.MetricError: ")[:500]

@@ -280,3 +280,24 @@ def test_ray_driver_killed_then_resumed_leaves_no_ray_process(tmp_path: Path) ->
     # The killed driver's Ray agents outlived it; the resumed run reaped them.
     assert ray_holders(killed.pid) == []
     assert ray_holders(done.pid) == []
+
+
+def test_lean_evaluations_on_workers_start_without_autoloaded_plugins(tmp_path: Path) -> None:
+    root = make_project(tmp_path, [ystep("y to 1", 1.0)])
+    program = (
+        (root / "program.md")
+        .read_text()
+        .replace("baseline_runs: 2", "baseline_runs: 2\nlean: true")
+    )
+    (root / "program.md").write_text(program)
+    # The guard fails unless the evaluation started with plugin autoloading off.
+    (root / "tests" / "test_guard.py").write_text(
+        "import os\n\n\ndef test_lean():\n"
+        "    assert os.environ.get('PYTEST_DISABLE_PLUGIN_AUTOLOAD') == '1'\n"
+    )
+    git(root, "commit", "-qam", "lean")
+    done = run_loop(root, 1, "--autoresearch-workers", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "lean: evaluations load" in done.stdout
+    (rec,) = assert_clean_end(root, 1)
+    assert rec["status"] == "keep" and rec["guards"]["passed"] is True
