@@ -577,6 +577,10 @@ class ResearchLoop:
                     raise
                 continue
             fresh.extend(scratch["runs"])
+        self._carry(rec, verdict, fresh)
+
+    def _carry(self, rec: dict, verdict: decide.Decision, fresh: list[float]) -> None:
+        """Into ``rec``: the best carried forward after a keep (decide.after_keep)."""
         carried = decide.after_keep(verdict, rec["runs"], fresh)
         rec["best_after"] = carried.best
         rec["kept"] = {
@@ -653,19 +657,24 @@ class ResearchLoop:
             raise _Failed("guard", "constraint violated: " + "; ".join(violations), ev.log_tail)
 
     def _decide(self, rec: dict) -> decide.Decision:
+        return self._decide_on(rec, (self.best, self.best_runs, self.anchor))
+
+    def _decide_on(self, rec: dict, best: tuple[float, int, float]) -> decide.Decision:
+        """The keep rule for ``rec`` against a best given as (value, its runs, anchor)."""
+        value, best_runs, anchor = best
         noise = self.noise
         return decide.keep_decision(
             goal=self.goal,
-            best=self.best,
+            best=value,
             sigma=noise.sigma,
             df=noise.df,
             candidate=rec["runs"],
-            best_runs=self.best_runs,
+            best_runs=best_runs,
             min_delta=self.program.min_delta,
             lines_added=rec["lines_added"],
             lines_removed=rec["lines_removed"],
             max_runs=decide.MAX_RUNS,
-            anchor=self.anchor,
+            anchor=anchor,
         )
 
     def _check_scope(self, rec: dict, after: str, since: Any = None) -> None:

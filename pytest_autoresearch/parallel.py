@@ -351,19 +351,7 @@ class ParallelLoop(ResearchLoop):
     def _keep(self, cand: _Candidate, fresh: list[float]) -> None:
         rec, verdict = cand.rec, cand.verdict
         assert verdict is not None
-        carried = decide.after_keep(verdict, rec["runs"], fresh)
-        rec["best_after"] = carried.best
-        rec["kept"] = {
-            "fresh_runs": fresh,
-            "best_runs": carried.best_runs,
-            "noise_groups": carried.noise_groups,
-            "simplification": verdict.simplification,
-        }
-        if verdict.remeasure:
-            self.echo(
-                f"  [{rec['index']}] kept; measured again {len(fresh)} of {verdict.remeasure} "
-                f"times: {self.objective} {carried.best:.6g} carried forward"
-            )
+        self._carry(rec, verdict, fresh)
         # The measured snapshot under its final message: the same tree, the best as parent.
         rec["commit"] = self.repo.recommit(
             cand.snapshot,
@@ -414,24 +402,6 @@ class ParallelLoop(ResearchLoop):
             cand.verdict = None
             self.echo(f"  [{rec['index']}] {resolution.reason}")
             self._submit(cand, "rebase")
-
-    def _decide_on(self, rec: dict, state: tuple[float, int, float]) -> decide.Decision:
-        """The keep rule against the best as it was when the candidate was proposed."""
-        best, best_runs, anchor = state
-        noise = self.noise
-        return decide.keep_decision(
-            goal=self.goal,
-            best=best,
-            sigma=noise.sigma,
-            df=noise.df,
-            candidate=rec["runs"],
-            best_runs=best_runs,
-            min_delta=self.program.min_delta,
-            lines_added=rec["lines_added"],
-            lines_removed=rec["lines_removed"],
-            max_runs=decide.MAX_RUNS,
-            anchor=anchor,
-        )
 
     def _end(self, cand: _Candidate, status: str, reason: str, valid: bool = True) -> None:
         """Journal the experiment (write-ahead), move the branch on a keep, tell the proposer."""
