@@ -229,6 +229,7 @@ def _loop_once(n: int, sleep: float, args: list[str]) -> dict:
         "experiments": len(recs),
         "evaluations": len(evals),
         "per_hour": 3600 * len(recs) / span if span > 0 else float("nan"),
+        "evals_per_hour": 3600 * len(evals) / span if span > 0 else float("nan"),
         "eval_s": statistics.mean(e["duration"] for e in evals) if evals else float("nan"),
         "kept": sum(r["status"] == "keep" for r in recs),
         "stale": sum(r["status"] == "stale" for r in recs),
@@ -250,19 +251,21 @@ def loop(n: int, sleep: float, ray_too: bool, rounds: int) -> None:
             got[name].append(_loop_once(n, sleep, args))
     print(f"\n{n} experiments per session, metric sleeps {sleep:g}s, optuna seed 1, "
           f"{rounds} round(s) interleaved, cores: {os.cpu_count()}")  # fmt: skip
-    print(f"{'configuration':<20}{'session s':>10}{'exp/hour':>10}{'evals':>7}{'eval s':>8}"
-          f"{'kept':>6}{'stale':>6}{'rebased':>8}{'vs serial':>10}")  # fmt: skip
-    base = statistics.median(r["per_hour"] for r in got[configs[0][0]])
+    print(f"{'configuration':<20}{'session s':>10}{'exp/hour':>10}{'evals/hour':>11}{'evals':>7}"
+          f"{'eval s':>8}{'kept':>6}{'stale':>6}{'rebased':>8}{'vs serial':>10}"
+          f"{'evals vs serial':>16}")  # fmt: skip
+    med = statistics.median
+    base = med(r["per_hour"] for r in got[configs[0][0]])
+    base_evals = med(r["evals_per_hour"] for r in got[configs[0][0]])
     for name, _ in configs:
         rows = got[name]
-        per_hour = statistics.median(r["per_hour"] for r in rows)
-        print(f"{name:<20}{statistics.median(r['wall'] for r in rows):>10.1f}{per_hour:>10.0f}"
-              f"{statistics.median(r['evaluations'] for r in rows):>7.0f}"
-              f"{statistics.median(r['eval_s'] for r in rows):>8.2f}"
-              f"{statistics.median(r['kept'] for r in rows):>6.0f}"
-              f"{statistics.median(r['stale'] for r in rows):>6.0f}"
-              f"{statistics.median(r['rebased'] for r in rows):>8.0f}"
-              f"{per_hour / base:>9.2f}x")  # fmt: skip
+        per_hour = med(r["per_hour"] for r in rows)
+        evals_hour = med(r["evals_per_hour"] for r in rows)
+        print(f"{name:<20}{med(r['wall'] for r in rows):>10.1f}{per_hour:>10.0f}"
+              f"{evals_hour:>11.0f}{med(r['evaluations'] for r in rows):>7.0f}"
+              f"{med(r['eval_s'] for r in rows):>8.2f}{med(r['kept'] for r in rows):>6.0f}"
+              f"{med(r['stale'] for r in rows):>6.0f}{med(r['rebased'] for r in rows):>8.0f}"
+              f"{per_hour / base:>9.2f}x{evals_hour / base_evals:>15.2f}x")  # fmt: skip
 
 
 # -- simulated ----------------------------------------------------------------------------
