@@ -146,8 +146,12 @@ class Workspace:
         sha = _out(top, "rev-parse", "--verify", "-q", sha + "^{commit}")
         _git(top, "worktree", "add", "--detach", "-q", str(path), sha)
         ws = cls(path, prefix=prefix, shared=shared, owner=top)
-        ws.parent, ws.candidate = sha, _out(path, "rev-parse", "HEAD^{tree}")
-        ws._link_shared(repo)
+        try:
+            ws.parent, ws.candidate = sha, _out(path, "rev-parse", "HEAD^{tree}")
+            ws._link_shared(repo)
+        except BaseException:
+            ws.remove()  # a half-made workspace is nobody's: do not leave it behind
+            raise
         return ws
 
     @classmethod

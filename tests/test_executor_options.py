@@ -166,7 +166,7 @@ def test_two_workers_get_worktrees_at_head_outside_the_checkout(
         assert kwargs["tmp_root"] == repo / ".autoresearch" / "t" / "tmp"
     finally:
         executor.shutdown()
-    assert not any(folder.iterdir())  # the worktrees are gone
+    assert not folder.exists()  # the worktrees and then their folder are gone
     assert len(git(repo, "worktree", "list").splitlines()) == 1  # git forgot them too
 
 
@@ -209,6 +209,13 @@ def test_a_shared_path_git_tracks_is_a_usage_error(repo: Path) -> None:
     settings = ExecutorSettings(2, None, 1, "default")
     with pytest.raises(pytest.UsageError, match="knob.py is tracked by git"):
         make_executor(settings, repo, None, repo, program(repo, shared=("knob.py",)), gpus=[])
+    # The worktree made before the refusal is gone, and git forgot it.
+    folder = worktree_folder(repo)
+    assert not folder.exists() or not any(folder.iterdir())
+    listed = subprocess.run(
+        ["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert len(listed.stdout.splitlines()) == 1
 
 
 def test_a_plugin_provides_its_own_executor(pytester: pytest.Pytester, repo: Path) -> None:

@@ -277,3 +277,5 @@ class WorktreeExecutor:
         for space in self.spaces:
             space.remove()
         self.spaces = []
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # the run's folder, once empty (another run may still use it)
