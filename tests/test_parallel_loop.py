@@ -250,6 +250,25 @@ def test_kill_9_of_the_driver_then_resume_loses_and_duplicates_nothing(tmp_path:
     assert_clean_end(root, 3)
 
 
+@pytest.mark.parametrize("fault", ["after-proposal:2", "before-commit", "after-commit"])
+def test_kill_9_at_a_keep_with_two_in_flight_then_resume(tmp_path: Path, fault: str) -> None:
+    """The write-ahead journal with K workers: a keep journaled but not moved is rolled
+    forward, the other experiment in flight is run again, and the record is complete."""
+    root = make_project(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0), ystep("y to 9", 9.0)])
+    killed = run_loop(root, 3, "--autoresearch-workers", "2", env={"AUTORESEARCH_FAULT": fault})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
+    done = run_loop(root, 3, "--autoresearch-workers", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    recs = {r["index"]: r for r in assert_clean_end(root, 3)}
+    if fault == "before-commit":
+        assert "was decided (keep) before the last run stopped" in done.stdout
+    # Whatever the kill cut short, both real gains end up on the branch.
+    tip = f"autoresearch/{TAG}"
+    assert git(root, "show", f"{tip}:toy/other.py").startswith("Y = 1.0")
+    assert git(root, "show", f"{tip}:toy/model.py").startswith(model_source(3.0).strip()[:20])
+    assert recs[3]["status"] == "discard"
+
+
 def test_ray_local_measures_on_ray_workers_and_stops_its_instance(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     root = make_project(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0)])
