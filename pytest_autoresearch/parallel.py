@@ -130,14 +130,15 @@ class ParallelLoop(ResearchLoop):
 
     def _drive(self, started: float, stop_reason: str) -> tuple[str, bool]:
         self._fill(started)
-        while self.pending:
-            for result in self.executor.as_completed():
-                self._handle(result)
-                self._fill(started)
-                self._show_workers()
-            if self.pending and not self._closed():
-                continue  # as_completed returned on its timeout: wait again
-            break
+        for result in self.executor.as_completed():
+            self._handle(result)
+            self._fill(started)
+            self._show_workers()
+        if self.pending:  # as_completed ends only when nothing is outstanding
+            raise LoopError(
+                f"the executor stopped with {len(self.pending)} trial(s) unmeasured; "
+                "run the same command again to resume (they are run again)"
+            )
         if self._stopping:
             return self._stopping
         return stop_reason, False
@@ -154,9 +155,6 @@ class ParallelLoop(ResearchLoop):
         queued = len(self.pending) - sum(1 for t in running.values() if t in self.pending)
         more = f"; {queued} queued" if queued > 0 else ""
         self.echo(f"  workers: {', '.join(parts)}{more}")
-
-    def _closed(self) -> bool:
-        return bool(getattr(self.executor, "_closed", False))
 
     def _fill(self, started: float) -> None:
         """Propose until ``capacity`` experiments are in flight or no more may start."""
