@@ -282,4 +282,8 @@ def test_real_two_sigma_gains_are_kept_through_the_real_loop(tmp_path) -> None:
     assert (gains, nulls) == (5, 5)
     assert gains_kept >= 2
     assert nulls_kept <= 1
-    assert null_evals / nulls <= 4  # changes that do nothing are mostly dropped after one run
+    # Changes that do nothing are mostly dropped after one run (81% per null in a simulation of
+    # this session with the real decide functions, 1.63 runs on average); one that runs to the
+    # last look costs 8. The five nulls' total passed 20 in 1.3% of 20,000 simulated sessions
+    # (CI saw 21 once) and 30 in 0.03%; measuring every null to the last look would cost 40.
+    assert null_evals <= 30
