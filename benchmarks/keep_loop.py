@@ -4,7 +4,8 @@
     python benchmarks/keep_loop.py -n 12 --keep   # a short one; keep the project to look at
 
 A throwaway git project: ``toy/model.py`` holds ``X``; the metric is ``|X - 3|`` plus
-normal noise with σ = 0.5 (fresh entropy in every evaluation, as real noise is). A
+normal noise with σ = 0.5 (fresh entropy in every evaluation, as real noise is; the
+test suite passes ``seed=`` for a reproducible stream drawn in evaluation order). A
 scripted proposer alternates: odd experiments move X one unit toward 3 (a true gain of
 1.0 = 2σ over the current best), even ones mirror X around 3 (the same loss: a change
 that does nothing). ``pytest --autoresearch`` runs the session in a subprocess; the
@@ -82,17 +83,36 @@ def pytest_autoresearch_make_proposer(name, config):
     return Stepper(config.rootpath) if name == "stepper" else None
 '''
 
-METRIC = f"""
+METRIC = """
 import random
 
 from pytest_autoresearch import metric
 
 import toy.model as model
 
+SIGMA = {sigma!r}
+SEED = {seed!r}
+COUNTER = {counter!r}  # outside the project: the n-th evaluation draws the n-th number
+
+
+def noise():
+    if SEED is None:
+        return random.SystemRandom().gauss(0.0, SIGMA)
+    import fcntl
+
+    with open(COUNTER, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        n = int(f.read() or 0)
+        f.seek(0)
+        f.truncate()
+        f.write(str(n + 1))
+    return random.Random(f"{{SEED}}-{{n}}").gauss(0.0, SIGMA)
+
 
 @metric(goal="min")
 def test_loss():
-    return abs(model.X - 3.0) + random.SystemRandom().gauss(0.0, {SIGMA!r})
+    return abs(model.X - 3.0) + noise()
 """
 
 GUARD = """
@@ -104,14 +124,17 @@ def test_x_is_sane():
 """
 
 
-def make_project(root: Path, *, x: float, baseline_runs: int) -> Path:
+def make_project(root: Path, *, x: float, baseline_runs: int, seed: int | None = None) -> Path:
+    """The toy project in ``root/project``; with ``seed``, its noise is a seeded stream."""
+    counter = str(root / "noise-counter") if seed is not None else None
+    root = root / "project"
     files = {
         "program.md": PROGRAM.format(baseline_runs=baseline_runs),
         "pytest.ini": "[pytest]\ntestpaths = tests\npythonpath = .\n",
         "conftest.py": CONFTEST.format(step=STEP),
         "toy/__init__.py": "",
         "toy/model.py": f"X = {x!r}\n",
-        "tests/test_metric.py": METRIC,
+        "tests/test_metric.py": METRIC.format(sigma=SIGMA, seed=seed, counter=counter),
         "tests/test_guard.py": GUARD,
         ".gitignore": ".autoresearch/\n__pycache__/\n",
     }

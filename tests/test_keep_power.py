@@ -269,21 +269,25 @@ def _keep_loop():
 def test_real_two_sigma_gains_are_kept_through_the_real_loop(tmp_path) -> None:
     """A noisy toy (sigma 0.5), every other proposal a real 2 sigma gain, 10 experiments.
 
-    About two minutes. The old rule kept 1 of 30 such gains; this one kept 48 of 60 in two
-    sessions of benchmarks/keep_loop.py -n 60, so 2 of 5 is a loose, reliable bar.
+    Half a minute. The toy's noise is a seeded stream (the n-th evaluation draws the n-th
+    number), so the session is the same on every run: with unseeded noise the bars below
+    failed in about 6% of simulated sessions (2 of 5 gains kept: 5%), and CI met one. Seeds
+    0-3 kept 4, 5, 5, 5 of 5 gains and 0 nulls, with 5, 7, 11, 7 runs for the five nulls; the
+    old rule kept 1 of 30 such gains, and benchmarks/keep_loop.py -n 60 (fresh entropy) kept
+    48 of 60 in two sessions. The bars stay loose so a change of the rule that still keeps
+    most gains passes whatever the stream.
     """
     kl = _keep_loop()
-    root = kl.make_project(tmp_path, x=10.0, baseline_runs=BASELINE_RUNS)
+    root = kl.make_project(tmp_path, x=10.0, baseline_runs=BASELINE_RUNS, seed=0)
     proc = kl.run_session(root, 10, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     s = kl.summarise(root)
     assert s["baseline_runs"] == BASELINE_RUNS
     (gains, gains_kept, _), (nulls, nulls_kept, null_evals) = s["gain"], s["null"]
     assert (gains, nulls) == (5, 5)
-    assert gains_kept >= 2
-    assert nulls_kept <= 1
-    # Changes that do nothing are mostly dropped after one run (81% per null in a simulation of
-    # this session with the real decide functions, 1.63 runs on average); one that runs to the
-    # last look costs 8. The five nulls' total passed 20 in 1.3% of 20,000 simulated sessions
-    # (CI saw 21 once) and 30 in 0.03%; measuring every null to the last look would cost 40.
-    assert null_evals <= 30
+    assert gains_kept >= 3
+    assert nulls_kept == 0
+    # Changes that do nothing are mostly dropped after one run (81% per null in a simulation
+    # with the real decide functions); one that runs to the last look costs 8, so measuring
+    # every null to the end would cost 40.
+    assert null_evals <= 20
