@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import toyproject
 
 from pytest_autoresearch.executors.choose import WORKTREES_DIR, make_executor, worktree_folder
 from pytest_autoresearch.executors.worktree import WorktreeExecutor
@@ -23,11 +24,7 @@ def program(root: Path, **fields: object) -> Program:
 
 
 def git(root: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@e", *args],
-        cwd=root, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return out.stdout.strip()
+    return toyproject.git(root, *args, identity=True)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import toyproject
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install '.[ray]')")
 
@@ -47,11 +48,7 @@ HINTS = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 def git(root: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@e", *args],
-        cwd=root, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return out.stdout.strip()
+    return toyproject.git(root, *args, identity=True)
 
 
 def knob(x: float, sleep: float = 0.0, kill: str = "") -> str:

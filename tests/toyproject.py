@@ -100,8 +100,10 @@ def model_source(x: float, extra: str = "") -> str:
     return f"# The knob the research loop turns.\nX = {x!r}  # search: -20..20\n{extra}"
 
 
-def git(root: Path, *args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True)
+def git(root: Path, *args: str, identity: bool = False) -> str:
+    """Run git in ``root``; ``identity`` commits as a tester where no user is configured."""
+    who = ["-c", "user.name=t", "-c", "user.email=t@e"] if identity else []
+    out = subprocess.run(["git", *who, *args], cwd=root, check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
 
