@@ -283,7 +283,9 @@ def test_real_two_sigma_gains_are_kept_through_the_real_loop(tmp_path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     s = kl.summarise(root)
     assert s["baseline_runs"] == BASELINE_RUNS
-    (gains, gains_kept, _), (nulls, nulls_kept, null_evals) = s["gain"], s["null"]
+    (gains, gains_kept, gain_evals), (nulls, nulls_kept, null_evals) = s["gain"], s["null"]
+    drawn = int((tmp_path / "noise-counter").read_text())
+    assert drawn == BASELINE_RUNS + gain_evals + null_evals  # each evaluation its own number
     assert (gains, nulls) == (5, 5)
     assert gains_kept >= 3
     assert nulls_kept == 0
