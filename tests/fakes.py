@@ -23,9 +23,24 @@ from typing import Any
 
 from pytest_autoresearch.evaluate import Evaluation, MetricValue
 from pytest_autoresearch.journal import JournalState
+from pytest_autoresearch.loop import LoopSettings
 from pytest_autoresearch.proposers.base import Cost, Proposal, ProposerError, ProposerFatal
 
 Files = dict[str, str]
+
+
+def fake_settings(tmp_path: Any, program: Any, experiments: int, **settings: Any) -> LoopSettings:
+    """The LoopSettings of a fake session in ``tmp_path`` (tag "fake", scripted proposer)."""
+    return LoopSettings(
+        root=tmp_path,
+        program=program,
+        tag="fake",
+        experiments=experiments,
+        metric_args=["tests/test_metric.py::test_loss"],
+        record_dir=tmp_path / ".autoresearch" / "fake",
+        proposer_name="scripted",
+        **settings,
+    )
 
 
 class FakeClock:

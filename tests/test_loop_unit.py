@@ -18,9 +18,10 @@ from fakes import (
     ScriptedEvaluator,
     ScriptedProposer,
     Step,
+    fake_settings,
 )
 
-from pytest_autoresearch.loop import LoopError, LoopSettings, ResearchLoop
+from pytest_autoresearch.loop import LoopError, ResearchLoop
 from pytest_autoresearch.program import Program
 
 NOISE = (0.0, 0.02, -0.02)  # the baseline's three runs: sigma 0.02
@@ -70,16 +71,7 @@ class Rig:
         self.lines: list[str] = []
         self.records: list[dict] = []
         self.loop = ResearchLoop(
-            LoopSettings(
-                root=tmp_path,
-                program=self.program,
-                tag="fake",
-                experiments=experiments,
-                metric_args=["tests/test_metric.py::test_loss"],
-                record_dir=tmp_path / ".autoresearch" / "fake",
-                proposer_name="scripted",
-                **settings,
-            ),
+            fake_settings(tmp_path, self.program, experiments, **settings),
             repo=self.repo,
             evaluate=self.evaluate,
             proposer=self.proposer,

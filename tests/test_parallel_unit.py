@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fakes import FakeExecutor, FakeRepo, MemoryJournal, ScriptedProposer, Step
+from fakes import FakeExecutor, FakeRepo, MemoryJournal, ScriptedProposer, Step, fake_settings
 
-from pytest_autoresearch.loop import LoopSettings
 from pytest_autoresearch.parallel import ParallelLoop
 from pytest_autoresearch.program import Program
 
@@ -58,15 +57,7 @@ class Rig:
         self.journal = journal or MemoryJournal()
         self.lines: list[str] = []
         self.loop = ParallelLoop(
-            LoopSettings(
-                root=tmp_path,
-                program=self.program,
-                tag="fake",
-                experiments=experiments,
-                metric_args=["tests/test_metric.py::test_loss"],
-                record_dir=tmp_path / ".autoresearch" / "fake",
-                proposer_name="scripted",
-            ),
+            fake_settings(tmp_path, self.program, experiments),
             executor=self.executor,
             repo=self.repo,
             proposer=self.proposer,
