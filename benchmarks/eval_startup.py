@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.evaluate import evaluate
-from pytest_autoresearch.lean import AUTOLOAD_ENV, LeanStart, installed_plugins, lean_start
+from pytest_autoresearch.research.lean import AUTOLOAD_ENV, LeanStart, installed_plugins, lean_start
+from pytest_autoresearch.sandbox.evaluate import evaluate
 
 METRIC = """\
 from pytest_autoresearch import metric
@@ -131,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                 [sys.executable, "-m", "pytest", "--version", "--version"], bare
             ),
         }
-        from pytest_autoresearch.isolation import IsolationSpec, make_launcher, plain_launcher
+        from pytest_autoresearch.sandbox.isolation import (
+            IsolationSpec,
+            make_launcher,
+            plain_launcher,
+        )
 
         launchers = [("plain", plain_launcher())]
         if not opts.no_namespaces:

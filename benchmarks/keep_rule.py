@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pytest_autoresearch.decide import after_keep, keep_decision, noise_groups
+from pytest_autoresearch.research.decide import after_keep, keep_decision, noise_groups
 
 GAINS = [0.5 * i for i in range(9)]  # the power curve: 0, 0.5, ..., 4 sigma
 ORACLE_DF = 10**6  # "sigma known": the t-quantiles become normal ones

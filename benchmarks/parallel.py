@@ -43,8 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_autoresearch import decide  # noqa: E402
-from pytest_autoresearch.stale import promising, resolve  # noqa: E402
+from pytest_autoresearch.research import decide  # noqa: E402
+from pytest_autoresearch.research.stale import promising, resolve  # noqa: E402
 
 # -- measured -----------------------------------------------------------------------------
 

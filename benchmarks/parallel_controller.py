@@ -1,7 +1,7 @@
 """The real parallel controller (``ParallelLoop``) at K = 1, 2, 8 and 64 simulated workers.
 
 ``benchmarks/parallel.py --simulate`` models the controller; this drives the real one:
-``pytest_autoresearch.parallel.ParallelLoop`` with the real keep rule, stale policy and
+``pytest_autoresearch.research.parallel.ParallelLoop`` with the real keep rule, stale policy and
 journal logic, over the in-memory fakes of ``tests/fakes.py`` (a repository of dict
 commits, an executor of K workers in simulated time, evaluations of ~1 time unit with a
 lognormal spread). The project has ten knobs, one file each; a proposal rewrites one knob.
@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes import FakeExecutor, FakeRepo, MemoryJournal  # noqa: E402
 
-from pytest_autoresearch.loop import LoopSettings  # noqa: E402
-from pytest_autoresearch.parallel import ParallelLoop  # noqa: E402
-from pytest_autoresearch.program import Program  # noqa: E402
+from pytest_autoresearch.program.program_md import Program  # noqa: E402
 from pytest_autoresearch.proposers.base import Proposal  # noqa: E402
+from pytest_autoresearch.research.loop import LoopSettings  # noqa: E402
+from pytest_autoresearch.research.parallel import ParallelLoop  # noqa: E402
 
 KNOBS = 10
 

@@ -5,7 +5,7 @@ session into a noise-aware research loop. Importing this package is cheap: it
 pulls in nothing heavier than pytest itself.
 """
 
-from pytest_autoresearch.metric import Measurement, metric
+from pytest_autoresearch.metrics.metric import Measurement, metric
 
 __all__ = ["Measurement", "metric", "__version__"]
 __version__ = "0.1.0"

@@ -10,8 +10,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pytest_autoresearch.executors.base import Executor
-    from pytest_autoresearch.options import ExecutorSettings
-    from pytest_autoresearch.program import Program
+    from pytest_autoresearch.program.options import ExecutorSettings
+    from pytest_autoresearch.program.program_md import Program
     from pytest_autoresearch.proposers.base import Proposer
 
 

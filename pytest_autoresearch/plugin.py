@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from pytest_autoresearch.metric import (
+from pytest_autoresearch.metrics.metric import (
     Measurement,
     MetricError,
     MetricSpec,
@@ -36,7 +36,8 @@ from pytest_autoresearch.metric import (
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
-    from pytest_autoresearch import hookspec, research_plugin
+    from pytest_autoresearch import hookspec
+    from pytest_autoresearch.research import hooks as research_plugin
 
     pluginmanager.add_hookspecs(hookspec)
     if not pluginmanager.is_registered(research_plugin):
@@ -57,7 +58,7 @@ def _json_path(text: str) -> str:
 
 
 def _baseline_name(text: str) -> str:
-    from pytest_autoresearch.baseline import BaselineError, check_name
+    from pytest_autoresearch.metrics.baseline import BaselineError, check_name
 
     try:
         return check_name(text)
@@ -132,7 +133,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) 
     spec = getattr(early_config.known_args_namespace, "autoresearch_channel", None)
     if spec is None:
         return
-    from pytest_autoresearch.channel import ChannelError, EvalChannel
+    from pytest_autoresearch.sandbox.channel import ChannelError, EvalChannel
 
     try:
         early_config.stash[_CHANNEL_KEY] = EvalChannel.open(spec)
@@ -212,7 +213,7 @@ def pytest_configure(config: pytest.Config) -> None:
         return  # workers only measure; the controller reports
     compare_data = None
     if settings.compare is not None:
-        from pytest_autoresearch.baseline import BaselineError, load
+        from pytest_autoresearch.metrics.baseline import BaselineError, load
 
         try:
             compare_data = load(config.rootpath, settings.compare)
@@ -427,7 +428,8 @@ class MetricsSession:
             _fail(session)
         if self.compare_data is None and not self.track_tests:
             return  # nothing to compare or write: an ordinary run pays nothing here
-        from pytest_autoresearch import baseline, metrics_json
+        from pytest_autoresearch.metrics import baseline
+        from pytest_autoresearch.metrics import json_file as metrics_json
 
         settings = self.settings
         measured = self.ordered()
@@ -481,7 +483,7 @@ class MetricsSession:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
         if self.measurements or self.problems:
-            from pytest_autoresearch import table
+            from pytest_autoresearch.metrics import table
 
             table.write(
                 tr,

@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_autoresearch.evaluate import Evaluation, MetricValue
-from pytest_autoresearch.journal import JournalState
-from pytest_autoresearch.loop import LoopSettings
 from pytest_autoresearch.proposers.base import Cost, Proposal, ProposerError, ProposerFatal
+from pytest_autoresearch.research.journal import JournalState
+from pytest_autoresearch.research.loop import LoopSettings
+from pytest_autoresearch.sandbox.evaluate import Evaluation, MetricValue
 
 Files = dict[str, str]
 

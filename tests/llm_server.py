@@ -276,7 +276,7 @@ def tool_messages(req: Request) -> list[dict]:
 
 def make_program(root: Path, editable: tuple[str, ...] = ("train.py",), **kw: Any) -> Any:
     """A real program.Program over ``root`` (program.md itself is never editable)."""
-    from pytest_autoresearch.program import Program
+    from pytest_autoresearch.program.program_md import Program
 
     kw.setdefault("objective", "loss")
     return Program(

@@ -22,7 +22,7 @@ import pytest
 from proctree import process_tree
 from toyproject import PROGRAM, git, make_toy, model_source, read_jsonl, step
 
-from pytest_autoresearch.isolation import IsolationSpec, make_launcher
+from pytest_autoresearch.sandbox.isolation import IsolationSpec, make_launcher
 
 pytestmark = [
     pytest.mark.slow,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch import baseline
-from pytest_autoresearch.baseline import BaselineError, Comparison, RegressionCheck
-from pytest_autoresearch.metric import Measurement
+from pytest_autoresearch.metrics import baseline
+from pytest_autoresearch.metrics.baseline import BaselineError, Comparison, RegressionCheck
+from pytest_autoresearch.metrics.metric import Measurement
 
 # -- pure parts ----------------------------------------------------------------------------
 

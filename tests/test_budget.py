@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from pytest_autoresearch.budget import duration_option, parse_duration, time_left_allows
+from pytest_autoresearch.program.budget import duration_option, parse_duration, time_left_allows
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_the_option_and_its_ini_key(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         """
         from pytest_autoresearch.publish import pr_enabled
-        from pytest_autoresearch.options import option
+        from pytest_autoresearch.program.options import option
 
         def pytest_report_header(config):
             return (f"budget={option(config, 'time_budget')} remote={option(config, 'remote')}"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.channel import ChannelError, EvalChannel, ResultChannel
-from pytest_autoresearch.evaluate import evaluate
-from pytest_autoresearch.isolation import plain_launcher
+from pytest_autoresearch.sandbox.channel import ChannelError, EvalChannel, ResultChannel
+from pytest_autoresearch.sandbox.evaluate import evaluate
+from pytest_autoresearch.sandbox.isolation import plain_launcher
 
 
 def run_worker(code: str, timeout: float = 60) -> ResultChannel:
@@ -41,7 +41,7 @@ def test_the_first_message_with_the_nonce_wins_and_later_writes_are_ignored() ->
     channel = run_worker(
         """
         import json, os, sys
-        from pytest_autoresearch.channel import EvalChannel
+        from pytest_autoresearch.sandbox.channel import EvalChannel
         worker = EvalChannel.open(sys.argv[1])
         fd, nonce = os.dup(worker._fd), worker._nonce  # what in-process code could steal
         os.write(fd, b"junk without the nonce\\n")
@@ -60,7 +60,7 @@ def test_a_large_document_does_not_block_the_worker() -> None:
     channel = run_worker(
         """
         import sys
-        from pytest_autoresearch.channel import EvalChannel
+        from pytest_autoresearch.sandbox.channel import EvalChannel
         EvalChannel.open(sys.argv[1]).send({"version": 1, "blob": "x" * 5_000_000})
         """
     )
@@ -73,7 +73,7 @@ def test_no_message_and_a_broken_message_say_so() -> None:
     data, problem = run_worker(
         """
         import os, sys
-        from pytest_autoresearch.channel import EvalChannel
+        from pytest_autoresearch.sandbox.channel import EvalChannel
         worker = EvalChannel.open(sys.argv[1])
         os.write(worker._fd, (worker._nonce + " {not json\\n").encode())
         """
@@ -85,7 +85,7 @@ def test_the_nonce_fd_is_closed_and_the_result_fd_not_inherited_by_exec() -> Non
     channel = run_worker(
         """
         import os, subprocess, sys
-        from pytest_autoresearch.channel import EvalChannel
+        from pytest_autoresearch.sandbox.channel import EvalChannel
         w, n = (int(x) for x in sys.argv[1].split(","))
         worker = EvalChannel.open(sys.argv[1])
         try:
@@ -119,7 +119,7 @@ AFTER_THE_FACT = """
 import atexit, gc, json, os, threading, time
 
 from pytest_autoresearch import metric
-from pytest_autoresearch.channel import EvalChannel
+from pytest_autoresearch.sandbox.channel import EvalChannel
 
 # Experiment code at import: steal the plugin's channel (fd and nonce) from memory, then try
 # to report loss 0 *after* pytest reported the real value.

@@ -395,7 +395,7 @@ def test_prose_that_says_search_is_not_a_hint():
     ],
 )
 def test_program_md_search_key_errors_name_the_line_and_show_the_form(tmp_path, search, message):
-    from pytest_autoresearch.program import ProgramError, parse_program
+    from pytest_autoresearch.program.program_md import ProgramError, parse_program
 
     (tmp_path / "train.py").write_text("lr = 0.1\n")
     (tmp_path / "other.py").write_text("lr = 0.1\n")
@@ -408,7 +408,7 @@ def test_program_md_search_key_errors_name_the_line_and_show_the_form(tmp_path, 
 
 
 def test_program_md_search_key_reads_yaml_off_as_off(tmp_path):
-    from pytest_autoresearch.program import parse_program
+    from pytest_autoresearch.program.program_md import parse_program
 
     (tmp_path / "train.py").write_text("LR = 0.1\n")
     text = "---\neditable: [train.py]\nobjective: loss\nsearch: {train.py: {LR: off}}\n---\n"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from toyproject import git, make_toy, model_source, read_jsonl, read_tsv, step
 
-from pytest_autoresearch.loop import FAULT_ENV, FAULT_STEPS
+from pytest_autoresearch.research.loop import FAULT_ENV, FAULT_STEPS
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_autoresearch.decide import (
+from pytest_autoresearch.program.program_md import Constraint
+from pytest_autoresearch.research.decide import (
     ALPHA,
     ALPHA_EARLY,
     ALPHA_FIRST_RUN,
@@ -19,7 +20,6 @@ from pytest_autoresearch.decide import (
     keep_decision,
     noise_groups,
 )
-from pytest_autoresearch.program import Constraint
 
 # A typical session: best 1.000 from 6 runs, noise 0.01 known with 10 df.
 BASE = {"goal": "min", "best": 1.0, "sigma": 0.01, "df": 10, "best_runs": 6}

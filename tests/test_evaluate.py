@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch import evaluate as ev_mod
-from pytest_autoresearch.evaluate import (
+from pytest_autoresearch.sandbox import evaluate as ev_mod
+from pytest_autoresearch.sandbox.evaluate import (
     KILL_GRACE,
     child_environment,
     evaluate,
@@ -419,7 +419,7 @@ def test_user_addopts_do_not_break_or_distribute_an_evaluation(
 
 @pytest.mark.slow
 def test_an_isolated_evaluation_reports_through_the_hidden_record(tmp_path: Path) -> None:
-    from pytest_autoresearch.isolation import for_research
+    from pytest_autoresearch.sandbox.isolation import for_research
 
     root = project(tmp_path / "proj", ADDOPTS_PROJECT)
     (root / ".git").mkdir()  # read-only inside; an empty one is enough here
@@ -437,7 +437,7 @@ def test_an_isolated_evaluation_reports_through_the_hidden_record(tmp_path: Path
 
 @pytest.mark.slow
 def test_an_isolated_hang_is_killed_with_its_escaped_daemon(tmp_path: Path) -> None:
-    from pytest_autoresearch.isolation import IsolationSpec, make_launcher
+    from pytest_autoresearch.sandbox.isolation import IsolationSpec, make_launcher
 
     launcher = make_launcher(IsolationSpec())
     if launcher.name != "namespaces":

@@ -86,7 +86,7 @@ def test_example_guards_and_cpu_metric(tmp_path):
 
 
 def test_example_program_md_is_a_valid_program():
-    from pytest_autoresearch.program import load_program
+    from pytest_autoresearch.program.program_md import load_program
 
     program = load_program(EXAMPLE / "program.md", EXAMPLE)
     assert program.editable_files(EXAMPLE) == ["nanochat/train.py"]

@@ -14,9 +14,9 @@ import toyproject
 
 from pytest_autoresearch.executors.choose import WORKTREES_DIR, make_executor, worktree_folder
 from pytest_autoresearch.executors.worktree import WorktreeExecutor
-from pytest_autoresearch.isolation import plain_launcher
-from pytest_autoresearch.options import ExecutorSettings, executor_settings
-from pytest_autoresearch.program import Program
+from pytest_autoresearch.program.options import ExecutorSettings, executor_settings
+from pytest_autoresearch.program.program_md import Program
+from pytest_autoresearch.sandbox.isolation import plain_launcher
 
 
 def program(root: Path, **fields: object) -> Program:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.evaluate import Evaluation, evaluate
 from pytest_autoresearch.executors import Executor, Trial, TrialResult
 from pytest_autoresearch.executors.base import THREADS_ENV, WORKER_ENV, worker_env
 from pytest_autoresearch.executors.serial import SerialExecutor
 from pytest_autoresearch.executors.worktree import WorktreeExecutor, detect_gpus, plan_devices
-from pytest_autoresearch.workspace import Workspace
+from pytest_autoresearch.sandbox.evaluate import Evaluation, evaluate
+from pytest_autoresearch.vcs.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

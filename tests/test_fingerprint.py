@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pytest_autoresearch import fingerprint as fp
+from pytest_autoresearch.sandbox import fingerprint as fp
 
 
 def take(root: Path, **kw) -> fp.Fingerprint:

@@ -9,8 +9,8 @@ from statistics import median
 
 import pytest
 
-from pytest_autoresearch import gate
-from pytest_autoresearch.baseline import Comparison, RegressionCheck
+from pytest_autoresearch.metrics import gate
+from pytest_autoresearch.metrics.baseline import Comparison, RegressionCheck
 
 # -- the rank test ------------------------------------------------------------------------
 

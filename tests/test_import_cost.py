@@ -21,7 +21,7 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in heavy)
 def test_importing_the_package_and_plugin_imports_nothing_heavy() -> None:
     code = (
         "import pytest_autoresearch, pytest_autoresearch.plugin\n"
-        "import pytest_autoresearch.research_plugin, pytest_autoresearch.hookspec\n"
+        "import pytest_autoresearch.research.hooks, pytest_autoresearch.hookspec\n"
         + CHECK
         + "print(json.dumps(loaded))\n"
     )

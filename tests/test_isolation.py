@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from proctree import process_tree
 
-from pytest_autoresearch import isolation
-from pytest_autoresearch.isolation import (
+from pytest_autoresearch.sandbox import isolation
+from pytest_autoresearch.sandbox.isolation import (
     IsolationError,
     IsolationSpec,
     git_paths,
@@ -224,7 +224,7 @@ def test_network_allowed_reaches_the_parents_loopback(repo: Path) -> None:
 LOOP = """
 import subprocess, sys, time
 from pathlib import Path
-from pytest_autoresearch.isolation import IsolationSpec, make_launcher
+from pytest_autoresearch.sandbox.isolation import IsolationSpec, make_launcher
 # A stand-in for the loop: starts an evaluation whose code forks a daemon, then waits.
 launcher = make_launcher(IsolationSpec(sandbox=sys.argv[2] == "ns"))
 code = '''

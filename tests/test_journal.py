@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.journal import Journal, JournalError, scrub
+from pytest_autoresearch.research.journal import Journal, JournalError, scrub
 
 KEY = "sk-ant-api03-" + "A1b2C3d4" * 6
 
@@ -169,7 +169,7 @@ def test_resuming_with_another_objective_fails_clearly(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from pytest_autoresearch.journal import Journal
+from pytest_autoresearch.research.journal import Journal
 j = Journal(Path(sys.argv[1]), "val_bpb", ["mem_gb"])
 i = 0
 while True:

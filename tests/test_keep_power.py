@@ -14,14 +14,14 @@ import random
 
 import pytest
 
-from pytest_autoresearch.decide import (
+from pytest_autoresearch.metrics.stats import t_quantile
+from pytest_autoresearch.research.decide import (
     ALPHA,
     BASELINE_RUNS,
     after_keep,
     keep_decision,
     noise_groups,
 )
-from pytest_autoresearch.stats import t_quantile
 
 KNOWN = 10**6  # degrees of freedom that make sigma "known"
 

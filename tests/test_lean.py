@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
-from pytest_autoresearch.evaluate import evaluate
-from pytest_autoresearch.lean import AUTOLOAD_ENV, LeanStart, installed_plugins, lean_start
+from pytest_autoresearch.research.lean import AUTOLOAD_ENV, LeanStart, installed_plugins, lean_start
+from pytest_autoresearch.sandbox.evaluate import evaluate
 
 pytest.importorskip("xdist")
 pytest.importorskip("anyio")

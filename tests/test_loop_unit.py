@@ -21,8 +21,8 @@ from fakes import (
     fake_settings,
 )
 
-from pytest_autoresearch.loop import LoopError, ResearchLoop
-from pytest_autoresearch.program import Program
+from pytest_autoresearch.program.program_md import Program
+from pytest_autoresearch.research.loop import LoopError, ResearchLoop
 
 NOISE = (0.0, 0.02, -0.02)  # the baseline's three runs: sigma 0.02
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pytest_autoresearch import Measurement, metric
-from pytest_autoresearch.metric import MetricError, check_value, spec_of
+from pytest_autoresearch.metrics.metric import MetricError, check_value, spec_of
 
 
 def run_json(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch import metrics_json
+from pytest_autoresearch.metrics import json_file as metrics_json
 
 SUITE = """
 import pytest

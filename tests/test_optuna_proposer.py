@@ -347,7 +347,7 @@ optim = {
 
 
 def program_for(root: Path, search: str = ""):
-    from pytest_autoresearch.program import parse_program
+    from pytest_autoresearch.program.program_md import parse_program
 
     text = f'---\neditable: ["train.py"]\nobjective: loss\n{search}---\n'
     (root / "program.md").write_text(text)

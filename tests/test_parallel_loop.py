@@ -239,7 +239,7 @@ def test_kill_9_of_the_driver_then_resume_loses_and_duplicates_nothing(tmp_path:
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
     time.sleep(1.0)  # the evaluations die with the driver (PR_SET_PDEATHSIG)
     assert processes_in(worktree_folder(root)) == []
-    from pytest_autoresearch.journal import Journal
+    from pytest_autoresearch.research.journal import Journal
 
     # Two experiments were in flight at the kill: both started, neither decided.
     assert Journal(root / ".autoresearch" / TAG, "loss").load().pending == [1, 2]

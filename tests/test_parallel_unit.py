@@ -14,8 +14,8 @@ from pathlib import Path
 
 from fakes import FakeExecutor, FakeRepo, MemoryJournal, ScriptedProposer, Step, fake_settings
 
-from pytest_autoresearch.parallel import ParallelLoop
-from pytest_autoresearch.program import Program
+from pytest_autoresearch.program.program_md import Program
+from pytest_autoresearch.research.parallel import ParallelLoop
 
 NOISE = (0.0, 0.02, -0.02)
 

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.program import Constraint, ProgramError, glob_to_regex, load_program
+from pytest_autoresearch.program.program_md import (
+    Constraint,
+    ProgramError,
+    glob_to_regex,
+    load_program,
+)
 
 FULL = """\
 ---
@@ -210,8 +215,9 @@ def test_constraint_holds() -> None:
 def test_the_pure_modules_import_nothing_heavy() -> None:
     code = (
         "import sys\n"
-        "import pytest_autoresearch.program, pytest_autoresearch.decide, "
-        "pytest_autoresearch.stats, pytest_autoresearch.journal, pytest_autoresearch.report\n"
+        "import pytest_autoresearch.program.program_md, pytest_autoresearch.research.decide\n"
+        "import pytest_autoresearch.metrics.stats, pytest_autoresearch.research.journal\n"
+        "import pytest_autoresearch.reporting.report\n"
         "heavy = [m for m in ('yaml', 'matplotlib', 'numpy', 'torch', 'git', 'optuna') "
         "if m in sys.modules]\n"
         "print(heavy)\n"

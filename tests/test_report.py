@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_autoresearch.report import (
+from pytest_autoresearch.reporting.report import (
     eta_seconds,
     format_duration,
     format_line,
@@ -121,7 +121,7 @@ def test_without_matplotlib_the_report_says_so(tmp_path: Path) -> None:
         "import sys; sys.modules['matplotlib'] = None\n"
         "from pathlib import Path\n"
         "from types import SimpleNamespace as NS\n"
-        "from pytest_autoresearch.report import write_report\n"
+        "from pytest_autoresearch.reporting.report import write_report\n"
         "r = NS(objective='loss', goal='min', baseline=1.0, best=1.0, sigma=0.1)\n"
         "recs = [{'index': 1, 'status': 'discard', 'objective': 1.1}]\n"
         "write_report(Path(sys.argv[1]), recs, r)\n"
@@ -278,7 +278,7 @@ def test_few_records_never_import_optuna() -> None:
     code = (
         "import sys\n"
         "from types import SimpleNamespace as NS\n"
-        "from pytest_autoresearch.report import summary_lines\n"
+        "from pytest_autoresearch.reporting.report import summary_lines\n"
         "recs = [{'index': i, 'status': 'discard', 'objective': 1.0 + i, 'best_before': 1.0,\n"
         "         'params': {'A': i, 'B': 2 * i}, 'description': f'A {i-1} -> {i}'}\n"
         "        for i in range(1, 10)]\n"

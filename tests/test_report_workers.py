@@ -7,8 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytest_autoresearch.journal import Journal
-from pytest_autoresearch.report import (
+from pytest_autoresearch.reporting.report import (
     WorkerStat,
     format_line,
     summary_lines,
@@ -18,6 +17,7 @@ from pytest_autoresearch.report import (
     worker_stats,
     write_report,
 )
+from pytest_autoresearch.research.journal import Journal
 
 
 def at(seconds: int, hour: int = 10) -> str:

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from pytest_autoresearch.options import default_tag
+from pytest_autoresearch.program.options import default_tag
 
 METRIC_TEST = """
 from pytest_autoresearch import metric

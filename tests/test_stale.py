@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_autoresearch.stale import InFlight, promising, resolve
+from pytest_autoresearch.research.stale import InFlight, promising, resolve
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pytest_autoresearch.stats import (
+from pytest_autoresearch.metrics.stats import (
     mad_sigma,
     mean,
     median,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_autoresearch.vcs import ResearchRepo, VcsError
+from pytest_autoresearch.vcs.repo import ResearchRepo, VcsError
 
 FILES = {
     "train.py": "LR = 0.01\nSTEPS = 100\n\n\ndef train():\n    return LR * STEPS\n",
@@ -608,7 +608,7 @@ def test_a_nested_repository_is_never_editable_and_its_git_dir_is_restored(
 def test_safe_git_env_appends_to_the_user_s_config_entries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from pytest_autoresearch.vcs import safe_git_env
+    from pytest_autoresearch.vcs.repo import safe_git_env
 
     monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
     env = safe_git_env()

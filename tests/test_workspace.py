@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from toyproject import git, make_toy, model_source
 
-from pytest_autoresearch.workspace import (
+from pytest_autoresearch.vcs.workspace import (
     ApplyError,
     Workspace,
     WorkspaceError,
@@ -122,7 +122,7 @@ def test_rootdir_below_the_work_tree_and_shared_paths(tmp_path: Path) -> None:
 def test_prune_stale_removes_the_worktrees_of_a_killed_driver(toy: Path, tmp_path: Path) -> None:
     folder = tmp_path / "workers"
     code = (
-        "import os, sys; from pytest_autoresearch.workspace import Workspace; "
+        "import os, sys; from pytest_autoresearch.vcs.workspace import Workspace; "
         f"Workspace.create({str(toy)!r}, {str(folder)!r}, 'w0'); os._exit(0)"
     )  # a driver that dies without cleaning up
     subprocess.run([sys.executable, "-c", code], check=True)

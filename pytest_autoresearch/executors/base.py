@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from pytest_autoresearch.evaluate import Evaluation
-    from pytest_autoresearch.workspace import Workspace
+    from pytest_autoresearch.sandbox.evaluate import Evaluation
+    from pytest_autoresearch.vcs.workspace import Workspace
 
 __all__ = ["EvaluateFn", "Executor", "Trial", "TrialResult", "run_trial", "worker_env"]
 
@@ -164,10 +164,10 @@ def run_trial(
     the evaluation starts from this process's environment plus both (evaluate strips
     secrets). ``evaluate_kwargs``: passed through (``launcher=``, ``tmp_root=``...).
     """
-    from pytest_autoresearch.workspace import ApplyError
+    from pytest_autoresearch.vcs.workspace import ApplyError
 
     if evaluate_fn is None:
-        from pytest_autoresearch.evaluate import evaluate as evaluate_fn
+        from pytest_autoresearch.sandbox.evaluate import evaluate as evaluate_fn
     t0 = time.monotonic()
     result = TrialResult(trial.id, worker=worker, host=socket.gethostname())
     full_env = {**os.environ, **(env or {}), **trial.env_hints}

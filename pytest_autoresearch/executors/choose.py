@@ -25,8 +25,8 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_autoresearch.executors.base import Executor
-    from pytest_autoresearch.options import ExecutorSettings
-    from pytest_autoresearch.program import Program
+    from pytest_autoresearch.program.options import ExecutorSettings
+    from pytest_autoresearch.program.program_md import Program
 
 __all__ = ["WORKTREES_DIR", "make_executor", "worktree_folder"]
 
@@ -64,7 +64,7 @@ def make_executor(
     if workers == 1:
         return None
     from pytest_autoresearch.executors.worktree import WorktreeExecutor
-    from pytest_autoresearch.workspace import WorkspaceError
+    from pytest_autoresearch.vcs.workspace import WorkspaceError
 
     try:
         return WorktreeExecutor(

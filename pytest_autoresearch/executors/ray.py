@@ -90,7 +90,7 @@ class RayWorker:
 
     def run(self, trial: Trial, bundle_box: list[Any]) -> TrialResult:
         """Measure ``trial``; ``bundle_box``: [ObjectRef of a bundle holding its commit]."""
-        from pytest_autoresearch.workspace import Workspace
+        from pytest_autoresearch.vcs.workspace import Workspace
 
         commit = trial.snapshot_sha or trial.parent_sha
         try:
@@ -121,7 +121,7 @@ class RayWorker:
         return self.launcher.describe()
 
     def _make_launcher(self) -> Any:
-        from pytest_autoresearch.isolation import IsolationSpec, git_paths, make_launcher
+        from pytest_autoresearch.sandbox.isolation import IsolationSpec, git_paths, make_launcher
 
         sandbox, network = self.isolation or (True, True)
         spec = IsolationSpec(sandbox=sandbox, network=network, readonly=git_paths(self.space.root))
@@ -170,7 +170,7 @@ def reap_local_leftovers(folder: Path | None = None) -> list[int]:
     killed: list[int] = []
     if not folder.is_dir() or not Path("/proc").is_dir():
         return killed
-    from pytest_autoresearch.evaluate import pid_alive
+    from pytest_autoresearch.sandbox.evaluate import pid_alive
 
     for marker in folder.glob("local-*.session"):
         pid = marker.stem.removeprefix("local-")
@@ -370,7 +370,7 @@ class RayExecutor:
     def _bundle(self, commit: str) -> Any:
         ref = self._bundles.get(commit)
         if ref is None:
-            from pytest_autoresearch.workspace import make_bundle
+            from pytest_autoresearch.vcs.workspace import make_bundle
 
             ref = self.ray.put(make_bundle(self.repo, commit))
             self._bundles = {commit: ref}  # the newest parent only: older ones are done with

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_autoresearch.executors.base import EvaluateFn, Trial, TrialResult, run_trial
 
 if TYPE_CHECKING:
-    from pytest_autoresearch.workspace import Workspace
+    from pytest_autoresearch.vcs.workspace import Workspace
 
 
 class SerialExecutor:
@@ -88,7 +88,7 @@ def _run_in_place(
     import os
 
     if evaluate_fn is None:
-        from pytest_autoresearch.evaluate import evaluate as evaluate_fn
+        from pytest_autoresearch.sandbox.evaluate import evaluate as evaluate_fn
     t0 = time.monotonic()
     result = TrialResult(trial.id, worker=worker, host=socket.gethostname())
     kwargs = dict(evaluate_kwargs)

@@ -32,7 +32,7 @@ from pytest_autoresearch.executors.base import (
     run_trial,
     worker_env,
 )
-from pytest_autoresearch.workspace import Workspace, prune_stale
+from pytest_autoresearch.vcs.workspace import Workspace, prune_stale
 
 __all__ = ["WorktreeExecutor", "detect_gpus", "plan_devices"]
 
@@ -245,7 +245,7 @@ class WorktreeExecutor:
         if self.evaluate_fn is None or "launcher" in kwargs:
             inner = kwargs.get("launcher")
             if inner is None:
-                from pytest_autoresearch.isolation import plain_launcher
+                from pytest_autoresearch.sandbox.isolation import plain_launcher
 
                 inner = plain_launcher()
             launcher = _TrackingLauncher(inner)

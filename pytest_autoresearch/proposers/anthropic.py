@@ -30,7 +30,7 @@ from pytest_autoresearch.proposers.base import (
     ProposerFatal,
 )
 from pytest_autoresearch.proposers.editor import TOOL_NAME, FileEditor, glob_matcher
-from pytest_autoresearch.secrets import scrub  # re-exported for the other LLM proposers
+from pytest_autoresearch.sandbox.secrets import scrub  # re-exported for the other LLM proposers
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 EDITOR_TOOL = {"type": "text_editor_20250728", "name": TOOL_NAME}
@@ -289,7 +289,7 @@ def _context_matcher(program: Any) -> Any:
     """program.md's context globs, matched the way program.py matches editable globs."""
     globs = list(getattr(program, "context", ()) or ())
     try:
-        from pytest_autoresearch.program import glob_to_regex
+        from pytest_autoresearch.program.program_md import glob_to_regex
     except ImportError:
         return glob_matcher(globs)
     regexes = [glob_to_regex(g) for g in globs]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from pytest_autoresearch.program import Program
+    from pytest_autoresearch.program.program_md import Program
 
 
 class ProposerError(Exception):

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from pytest_autoresearch.proposers.search_spec import (
+from pytest_autoresearch.program.search_spec import (
     HINT_EXAMPLE,
     Hint,
     HintError,

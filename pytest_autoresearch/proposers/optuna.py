@@ -43,7 +43,7 @@ from pytest_autoresearch.proposers.constants import (
 if TYPE_CHECKING:
     import pytest
 
-    from pytest_autoresearch.program import Program
+    from pytest_autoresearch.program.program_md import Program
 
 STUDY_FILE = "optuna.log"
 STUDY_NAME = "autoresearch"

@@ -212,6 +212,6 @@ def extract_description(final_text: str, changed: Sequence[str]) -> str:
 
 def transcript_safe(value: Any, secrets: Sequence[str]) -> Any:
     """A JSON-able copy of ``value`` with every secret replaced (for saved transcripts)."""
-    from pytest_autoresearch.secrets import scrub_obj
+    from pytest_autoresearch.sandbox.secrets import scrub_obj
 
     return scrub_obj(value, secrets)

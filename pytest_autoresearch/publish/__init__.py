@@ -93,7 +93,7 @@ def write_step_summary(text: str) -> None:
 
 def after_run(session: pytest.Session, repo: Any, echo: Callable[..., None]) -> None:
     """The publish step after the run (see the module docstring)."""
-    from pytest_autoresearch.options import RESULT_KEY
+    from pytest_autoresearch.program.options import RESULT_KEY
 
     config = session.config
     found = config.stash.get(RESULT_KEY, None)
@@ -132,7 +132,7 @@ def after_run(session: pytest.Session, repo: Any, echo: Callable[..., None]) -> 
         if where:
             write_step_summary(f"\nPull request: {where}")
     except Exception as exc:  # any publisher's failure: the record and branch are kept
-        from pytest_autoresearch.journal import scrub
+        from pytest_autoresearch.sandbox.secrets import scrub
 
         echo(f"publishing failed: {scrub(str(exc))}", red=True)
         echo(f"the branch {repo.branch} and the record are kept; publish by hand", red=True)

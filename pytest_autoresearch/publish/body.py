@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_autoresearch.journal import scrub
+from pytest_autoresearch.sandbox.secrets import scrub
 
 __all__ = ["MARKER", "MAX_BODY", "body", "kept_records", "title"]
 

@@ -41,8 +41,8 @@ from typing import Any
 
 import pytest
 
-from pytest_autoresearch.journal import scrub
 from pytest_autoresearch.publish import body as body_mod
+from pytest_autoresearch.sandbox.secrets import scrub
 
 __all__ = [
     "GitHubClient",
@@ -361,13 +361,13 @@ def publish_run(
 
 
 def _remote(config: pytest.Config) -> str:
-    from pytest_autoresearch.options import option
+    from pytest_autoresearch.program.options import option
 
     return option(config, "remote") or "origin"
 
 
 def _machine() -> dict[str, Any]:
-    from pytest_autoresearch.metrics_json import machine_info
+    from pytest_autoresearch.metrics.json_file import machine_info
 
     info = machine_info()
     try:  # the GPU, when there is one, without importing torch

@@ -28,15 +28,15 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_autoresearch import decide, stale
-from pytest_autoresearch.fingerprint import is_code
-from pytest_autoresearch.loop import LoopError, ResearchLoop, _Failed
 from pytest_autoresearch.proposers.base import (
     Proposal,
     ProposalContext,
     ProposerError,
     ProposerFatal,
 )
+from pytest_autoresearch.research import decide, stale
+from pytest_autoresearch.research.loop import LoopError, ResearchLoop, _Failed
+from pytest_autoresearch.sandbox.fingerprint import is_code
 
 __all__ = ["ParallelLoop"]
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_autoresearch import gate as gate_mod
-from pytest_autoresearch import metrics_json
-from pytest_autoresearch.metric import Measurement, format_value
+from pytest_autoresearch.metrics import gate as gate_mod
+from pytest_autoresearch.metrics import json_file as metrics_json
+from pytest_autoresearch.metrics.metric import Measurement, format_value
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 

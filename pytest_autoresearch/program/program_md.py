@@ -613,7 +613,7 @@ def _constraint(text: str, fail: Any) -> Constraint:
 
 
 def _search(value: Any, editable: tuple[str, ...], root: Path, program_rel: Any, fail: Any) -> Any:
-    from pytest_autoresearch.proposers.search_spec import SEARCH_EXAMPLE, HintError, parse_search
+    from pytest_autoresearch.program.search_spec import SEARCH_EXAMPLE, HintError, parse_search
 
     try:
         return parse_search(value, lambda rel: rel in _expand(editable, root, exclude=program_rel))

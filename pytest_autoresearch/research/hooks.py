@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_autoresearch.options import _METAVARS, _N_FLAGS, _OPTIONS, RESULT_KEY, option
+from pytest_autoresearch.program.options import _METAVARS, _N_FLAGS, _OPTIONS, RESULT_KEY, option
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -131,7 +131,7 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
     if os.environ.get("AUTORESEARCH_EVAL"):
         # An evaluation subprocess (e.g. --autoresearch in PYTEST_ADDOPTS): run tests, no loop.
         return None
-    from pytest_autoresearch.session import run_research_session
+    from pytest_autoresearch.research.session import run_research_session
 
     run_research_session(session)
     return True
@@ -144,7 +144,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     found = config.stash.get(RESULT_KEY, None)
     if found is None:
         return
-    from pytest_autoresearch import report
+    from pytest_autoresearch.reporting import report
 
     result, records = found
     terminalreporter.write_sep("=", "autoresearch summary")

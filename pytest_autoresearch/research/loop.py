@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_autoresearch import decide, stats
-from pytest_autoresearch.budget import time_left_allows
+from pytest_autoresearch.metrics import stats
+from pytest_autoresearch.program.budget import time_left_allows
 from pytest_autoresearch.proposers.base import (
     Cost,
     Failure,
@@ -30,6 +30,7 @@ from pytest_autoresearch.proposers.base import (
     ProposerError,
     ProposerFatal,
 )
+from pytest_autoresearch.research import decide
 
 # Without a timeout in program.md the baseline may take up to this long; the
 # per-experiment timeout is then derived from how long the baseline took.
@@ -754,7 +755,7 @@ class ResearchLoop:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _line(self, rec: dict) -> str:
-        from pytest_autoresearch import report
+        from pytest_autoresearch.reporting import report
 
         remaining = self.s.experiments - self.done
         avg = sum(self.durations) / len(self.durations) if self.durations else 0.0

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from pytest_autoresearch import options
-from pytest_autoresearch.options import RESULT_KEY
+from pytest_autoresearch.program import options
+from pytest_autoresearch.program.options import RESULT_KEY
 
 PROGRAM_EXAMPLE = """\
 ---
@@ -42,7 +42,7 @@ def _program_path(config: pytest.Config) -> Path:
 
 
 def _load_program(config: pytest.Config):
-    from pytest_autoresearch.program import ProgramError, load_program
+    from pytest_autoresearch.program.program_md import ProgramError, load_program
 
     path = _program_path(config)
     if not path.is_file():
@@ -114,7 +114,7 @@ class _Lock:
         self.path = directory / "autoresearch.lock"
 
     def __enter__(self) -> _Lock:
-        from pytest_autoresearch.evaluate import pid_alive
+        from pytest_autoresearch.sandbox.evaluate import pid_alive
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -157,7 +157,7 @@ def _lean_start(session: pytest.Session, program: Any, metric_ids: list[str], ec
     lean = getattr(program, "lean", False)
     if not lean:
         return None
-    from pytest_autoresearch.lean import lean_start
+    from pytest_autoresearch.research.lean import lean_start
 
     keep = tuple(lean) if isinstance(lean, (tuple, list)) else ()
     start = lean_start(session, metric_ids, list(program.guards), keep=keep)
@@ -176,18 +176,19 @@ def _describe_executor(executor: Any, workers: Any) -> str:
 
 def run_research_session(session: pytest.Session) -> None:
     """Run the research loop over the collected metric tests (called from runtestloop)."""
-    from pytest_autoresearch import publish, report
-    from pytest_autoresearch.evaluate import cleanup_stale, evaluate
-    from pytest_autoresearch.isolation import IsolationError, for_research
-    from pytest_autoresearch.journal import Journal, JournalError
-    from pytest_autoresearch.loop import (
+    from pytest_autoresearch import publish
+    from pytest_autoresearch.reporting import report
+    from pytest_autoresearch.research.journal import Journal, JournalError
+    from pytest_autoresearch.research.loop import (
         FAULT_ENV,
         LoopError,
         LoopSettings,
         ResearchLoop,
         parse_fault,
     )
-    from pytest_autoresearch.vcs import ResearchRepo, VcsError
+    from pytest_autoresearch.sandbox.evaluate import cleanup_stale, evaluate
+    from pytest_autoresearch.sandbox.isolation import IsolationError, for_research
+    from pytest_autoresearch.vcs.repo import ResearchRepo, VcsError
 
     config = session.config
     tr = config.pluginmanager.get_plugin("terminalreporter")
@@ -315,7 +316,7 @@ def run_research_session(session: pytest.Session) -> None:
                 **common,
             )
         else:
-            from pytest_autoresearch.parallel import ParallelLoop
+            from pytest_autoresearch.research.parallel import ParallelLoop
 
             echo(_describe_executor(executor, workers))
             loop = ParallelLoop(settings, executor=executor, **common)

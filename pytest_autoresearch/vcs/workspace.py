@@ -41,7 +41,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_autoresearch.evaluate import pid_alive
+from pytest_autoresearch.sandbox.evaluate import pid_alive
 
 __all__ = [
     "ApplyError",
@@ -63,7 +63,7 @@ class ApplyError(WorkspaceError):
 
 
 def _git_env() -> dict[str, str]:
-    from pytest_autoresearch.vcs import safe_git_env
+    from pytest_autoresearch.vcs.repo import safe_git_env
 
     env = dict(os.environ)
     # A GIT_DIR/GIT_INDEX_FILE inherited from a hook would point every command elsewhere.

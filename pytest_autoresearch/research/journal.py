@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_autoresearch.secrets import scrub, scrub_obj  # re-exported: the one scrubber
+from pytest_autoresearch.sandbox.secrets import scrub, scrub_obj  # re-exported: the one scrubber
 
 __all__ = ["Journal", "JournalError", "JournalState", "scrub", "scrub_obj"]
 

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pytest_autoresearch.metric import Measurement
+from pytest_autoresearch.metrics.metric import Measurement
 
 VERSION = 1
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_autoresearch.journal import scrub
-from pytest_autoresearch.learned import learned_lines, learned_markdown
+from pytest_autoresearch.reporting.learned import learned_lines, learned_markdown
+from pytest_autoresearch.sandbox.secrets import scrub
 
 __all__ = [
     "eta_seconds",

@@ -27,13 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from pytest_autoresearch.secrets import is_secret_name, scrub, secret_values, without_secrets
+from pytest_autoresearch.sandbox.secrets import (
+    is_secret_name,
+    scrub,
+    secret_values,
+    without_secrets,
+)
 
 if TYPE_CHECKING:
     import subprocess
 
-    from pytest_autoresearch.channel import ResultChannel
-    from pytest_autoresearch.isolation import Launcher
+    from pytest_autoresearch.sandbox.channel import ResultChannel
+    from pytest_autoresearch.sandbox.isolation import Launcher
 
 __all__ = ["Evaluation", "MetricValue", "TestResult", "cleanup_stale", "evaluate", "scrub"]
 __all__ += ["child_environment", "is_secret_name", "read_metrics_json"]
@@ -102,8 +107,8 @@ def evaluate(
     ``tmp_root``: where the log and the cache go (a folder the child cannot see, ideally);
     a system temp folder when None. Leftovers of a killed run: ``cleanup_stale(tmp_root)``.
     """
-    from pytest_autoresearch.channel import ResultChannel
-    from pytest_autoresearch.isolation import plain_launcher
+    from pytest_autoresearch.sandbox.channel import ResultChannel
+    from pytest_autoresearch.sandbox.isolation import plain_launcher
 
     tmp = _make_tmp(tmp_root)
     log_path = tmp / "output.log"

@@ -27,9 +27,8 @@ import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from pytest_autoresearch import fingerprint as fp
-from pytest_autoresearch.fingerprint import Fingerprint
-from pytest_autoresearch.gitutil import remove_path
+from pytest_autoresearch.sandbox import fingerprint as fp
+from pytest_autoresearch.sandbox.fingerprint import Fingerprint
 
 FILE_LIMIT = 4 << 20  # bytes: bigger files are not backed up (data sets, checkpoints)
 TOTAL_LIMIT = 128 << 20  # bytes for all backups together
@@ -425,3 +424,24 @@ def _name(path: Path, workdir: Path) -> str:
 def _list(items: list[str], limit: int = 5) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def remove_path(target: Path, stop: Path | None = None) -> None:
+    """Remove a file (or a directory, not through a symlink); with ``stop``, also the
+    directories it leaves empty, up to but never including ``stop``."""
+    try:
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    except FileNotFoundError:
+        pass
+    if stop is None:
+        return
+    parent = target.parent
+    while parent != stop and stop in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent

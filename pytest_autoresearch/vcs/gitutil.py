@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pytest_autoresearch.sandbox.treeguard import remove_path
 
 # Config every git command of the loop runs with: experiment code may have written hooks
 # or an fsmonitor into the repository, and our commits, resets and checkouts must never
@@ -168,27 +169,6 @@ def stat_key(path: Path) -> tuple[int, int, int]:
 def remove_file(workdir: Path, path: str) -> None:
     """Remove one untracked file and the directories it leaves empty (never the work tree)."""
     remove_path(workdir / path, stop=workdir)
-
-
-def remove_path(target: Path, stop: Path | None = None) -> None:
-    """Remove a file (or a directory, not through a symlink); with ``stop``, also the
-    directories it leaves empty, up to but never including ``stop``."""
-    try:
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
-    except FileNotFoundError:
-        pass
-    if stop is None:
-        return
-    parent = target.parent
-    while parent != stop and stop in parent.parents:
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-        parent = parent.parent
 
 
 def chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:

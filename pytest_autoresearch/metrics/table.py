@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_autoresearch.baseline import Comparison, gates
-from pytest_autoresearch.metric import Measurement, format_value
+from pytest_autoresearch.metrics.baseline import Comparison, gates
+from pytest_autoresearch.metrics.metric import Measurement, format_value
 
 
 @dataclass(frozen=True)

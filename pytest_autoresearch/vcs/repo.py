@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_autoresearch.fingerprint import Fingerprint
-from pytest_autoresearch.gitutil import (
+from pytest_autoresearch.sandbox.fingerprint import Fingerprint
+from pytest_autoresearch.sandbox.treeguard import TreeGuard, Unrestorable
+from pytest_autoresearch.vcs.gitutil import (
     Entry,
     VcsError,
     chunks,
@@ -65,7 +66,6 @@ from pytest_autoresearch.gitutil import (
     short_list,
     stat_key,
 )
-from pytest_autoresearch.treeguard import TreeGuard, Unrestorable
 
 __all__ = ["BRANCH_PREFIX", "ResearchRepo", "StartInfo", "VcsError", "safe_git_env"]
 

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_autoresearch.budget import duration_option
+from pytest_autoresearch.program.budget import duration_option
 
 if TYPE_CHECKING:
-    from pytest_autoresearch.program import Program
+    from pytest_autoresearch.program.program_md import Program
 
 # The finished run, (LoopResult, records), for the terminal summary and publishing.
 RESULT_KEY = pytest.StashKey[Any]()

@@ -63,7 +63,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pytest_autoresearch.stats import mean, noise_sigma, t_quantile
+from pytest_autoresearch.metrics.stats import mean, noise_sigma, t_quantile
 
 __all__ = [
     "ALPHA",

@@ -1,0 +1,1 @@
+"""The metric side: @metric, the recorder, the table, baselines, the gate, the metrics JSON."""
