@@ -49,6 +49,7 @@ _METAVARS = {
     "remote": "NAME",
     "workers": "N",
     "ray": "ADDRESS",
+    "serve": "[HOST:]PORT",
 }
 RAY_FORMS = (
     "'local' (a throwaway Ray instance on this machine), 'auto' (the cluster this machine "
@@ -109,6 +110,25 @@ def _ray_address(text: str) -> str:
             f"{text!r} is not a Ray address; use {RAY_FORMS}, e.g. ray://head:10001"
         )
     return address
+
+
+def _serve_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` as (host, port): 8000, 127.0.0.1:8000, [::1]:8000, 0 (any free port)."""
+    host, colon, port = text.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    bad_host = (colon and not host) or (":" in host and not bracketed)
+    if not port.isdigit() or int(port) > 65535 or bad_host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not [HOST:]PORT; e.g. 8000 (on 127.0.0.1), 127.0.0.1:8000, "
+            "0.0.0.0:8000 (every interface), [::1]:8000, or 0 for any free port"
+        )
+    return host or "127.0.0.1", int(port)
+
+
+def report_tag(text: str) -> str:
+    """--autoresearch-report TAG: a tag as --autoresearch-tag accepts it."""
+    return _tag(text)
 
 
 def _usd(text: str) -> float:
@@ -206,6 +226,14 @@ _OPTIONS: list[tuple[str, Any, Any, str]] = [
         None,
         "evaluate on a Ray cluster: 'local' (a throwaway instance here), 'auto' (the cluster "
         "this machine is part of), or 'ray://HOST:PORT' (needs pytest-autoresearch[ray])",
+    ),
+    (
+        "serve",
+        _serve_address,
+        None,
+        "serve the live report page at http://HOST:PORT/ while the run goes on (HOST "
+        "defaults to 127.0.0.1; PORT 0 takes any free port); it updates itself as "
+        "experiments finish (see docs/report-page.md)",
     ),
 ]
 

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from pytest_autoresearch.program.options import _METAVARS, _N_FLAGS, _OPTIONS, RESULT_KEY, option
+from pytest_autoresearch.program.options import (
+    _METAVARS,
+    _N_FLAGS,
+    _OPTIONS,
+    RESULT_KEY,
+    option,
+    report_tag,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,6 +40,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "one pull request (GitHub: GITHUB_TOKEN, GITHUB_REPOSITORY; see docs/ci.md)",
     )
     parser.addini("autoresearch_pr", "default for --autoresearch-pr", type="bool", default=False)
+    # A command, not a setting: no ini key (one would turn every pytest run into a report).
+    group.addoption(
+        "--autoresearch-report",
+        dest="autoresearch_report",
+        type=report_tag,
+        default=None,
+        metavar="TAG",
+        help="regenerate report.md, progress.png and report.html of the record "
+        ".autoresearch/TAG from its journal, then exit without collecting or running anything",
+    )
     for name, type_, _default, help_text in _OPTIONS:
         flag = "--autoresearch-" + name.replace("_", "-")
         group.addoption(
@@ -109,6 +126,22 @@ def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) 
         i += 2
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """--autoresearch-report TAG: the reports from a record, nothing run."""
+    tag = config.getoption("autoresearch_report", None)
+    if tag is None:
+        return None
+    if config.getoption("autoresearch"):
+        raise pytest.UsageError(
+            "--autoresearch-report regenerates the reports of a finished record without running "
+            "anything; drop --autoresearch (a run rewrites its reports itself)"
+        )
+    from pytest_autoresearch.reporting.page_plugin import regenerate
+
+    return regenerate(config, tag)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("autoresearch"):
         return
@@ -121,6 +154,9 @@ def pytest_configure(config: pytest.Config) -> None:
             "--autoresearch runs its own loop and cannot be combined with pytest-xdist "
             "distribution; drop --dist/--tx, and use -n for the number of experiments"
         )
+    from pytest_autoresearch.reporting.page_plugin import install
+
+    install(config)  # report.html after every experiment; --autoresearch-serve
 
 
 @pytest.hookimpl(tryfirst=True)
