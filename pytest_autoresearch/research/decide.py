@@ -30,7 +30,7 @@ after_keep(decision, runs, fresh) -> Carried(best, best_runs, noise_groups)
 noise_groups(runs) -> list[list[float]]  a finished candidate's runs fit to pool as noise
 code_lines_changed(diff_text) -> (added, removed)
     Lines of a unified diff (``git diff``) that change code: blank lines never count, nor
-    comment-only lines in Python files.
+    comment-only lines in Python files (from ``diff_lines``).
 center(values) -> float                 the value the rule compares: the mean of the runs
 noise_sigma(values) -> float            stats.noise_sigma, re-exported for the loop
 constraint_violations(constraints, metrics) -> list[str]
@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pytest_autoresearch.metrics.stats import mean, noise_sigma, t_quantile
+from pytest_autoresearch.research.diff_lines import code_lines_changed
 
 __all__ = [
     "ALPHA",
@@ -190,7 +191,29 @@ def keep_decision(
     final = runs >= max_runs or (confirmed and runs > 1)
     if sigma == 0.0:
         return _deterministic(values, d, d_anchor, min_delta, shrink, final, alpha)
+    return _noisy(
+        values, d, d_anchor, min_delta, shrink, final, alpha,
+        sigma=sigma, df=df, best_runs=best_runs, max_runs=max_runs,
+    )  # fmt: skip
 
+
+def _noisy(
+    values: list[float],
+    d: float,
+    d_anchor: float,
+    min_delta: float,
+    shrink: int,
+    final: bool,
+    alpha: float,
+    *,
+    sigma: float,
+    df: int,
+    best_runs: int,
+    max_runs: int,
+) -> Decision:
+    """The best's value is noisy: test the candidate's mean at the looks, pooling the noise."""
+    runs = len(values)
+    m = math.fsum(values) / runs
     looks = _looks(max_runs)
     if not final and runs not in looks:
         # Inside a block of runs: no look, so nothing selects on these runs (see noise_groups).
@@ -198,12 +221,7 @@ def keep_decision(
             "confirm", f"confirming: run {runs} of {min(n for n in looks if n > runs)}", d,
             None, runs=runs,
         )  # fmt: skip
-    # The spread inside each block of runs between two looks is noise that no stop has
-    # selected on (it is independent of the block means the looks test): pool it.
-    blocks = noise_groups(values, max_runs)
-    ss = math.fsum(math.fsum((x - mean(b)) ** 2 for x in b) for b in blocks)
-    df_all = df + sum(len(b) - 1 for b in blocks)
-    s = math.sqrt((sigma * sigma * df + ss) / df_all)
+    s, df_all = _pooled_noise(values, sigma, df, max_runs)
     se = s * math.sqrt(1.0 / runs + 1.0 / best_runs)
     # Each look may keep, spending its share of alpha; the shares add up to alpha.
     a = _alpha_at(runs, looks, final, alpha)
@@ -235,6 +253,18 @@ def keep_decision(
             "confirm", f"{what}: improved {_num(d)}, floor {_num(floor)}; confirming ({where})"
         )
     return make("discard", _not_enough(d, floor, where))
+
+
+def _pooled_noise(values: list[float], sigma: float, df: int, max_runs: int) -> tuple[float, int]:
+    """(noise, its degrees of freedom): the session's sigma pooled with the candidate's runs.
+
+    The spread inside each block of runs between two looks is noise that no stop has
+    selected on (it is independent of the block means the looks test): pool it.
+    """
+    blocks = noise_groups(values, max_runs)
+    ss = math.fsum(math.fsum((x - mean(b)) ** 2 for x in b) for b in blocks)
+    df_all = df + sum(len(b) - 1 for b in blocks)
+    return math.sqrt((sigma * sigma * df + ss) / df_all), df_all
 
 
 def _deterministic(
@@ -319,66 +349,6 @@ def after_keep(decision: Decision, runs: Sequence[float], fresh: Sequence[float]
         return Carried(math.fsum(pool) / len(pool), len(pool), groups)
     assert decision.new_best is not None  # kept after one run and no fresh run came
     return Carried(decision.new_best, 1, groups)
-
-
-def code_lines_changed(diff_text: str) -> tuple[int, int]:
-    """(added, removed) code lines in a unified diff; blank and comment-only lines are free.
-
-    Deleting comments or blank lines does not make a change simpler, so only lines with
-    code count: blank lines in any file, and lines that hold only a ``#`` comment in
-    Python files (``.py``, ``.pyi``). Hunk headers give the line counts, so a removed line
-    that itself starts with ``--`` is not mistaken for a file header.
-    """
-    added = removed = 0
-    python = False
-    old_left = new_left = 0  # lines still to read in the current hunk
-    for line in diff_text.splitlines():
-        if old_left <= 0 and new_left <= 0:
-            if line.startswith(("--- ", "+++ ")):
-                path = line[4:].split("\t")[0].strip().strip('"')
-                if path != "/dev/null":  # a deleted file is named on its "---" line
-                    python = path.endswith((".py", ".pyi"))
-            elif line.startswith("@@"):
-                old_left, new_left = _hunk_sizes(line)
-            continue
-        if line.startswith("\\"):  # "\ No newline at end of file"
-            continue
-        tag, text = line[:1], line[1:]
-        if tag in (" ", ""):
-            old_left -= 1
-            new_left -= 1
-            continue
-        if tag == "-":
-            old_left -= 1
-        elif tag == "+":
-            new_left -= 1
-        else:  # not diff body after all: resynchronise on the next header
-            old_left = new_left = 0
-            continue
-        stripped = text.strip()
-        if not stripped or (python and stripped.startswith("#")):
-            continue
-        if tag == "+":
-            added += 1
-        else:
-            removed += 1
-    return added, removed
-
-
-def _hunk_sizes(header: str) -> tuple[int, int]:
-    """Line counts of both sides from '@@ -a,b +c,d @@' (a missing count means 1)."""
-    try:
-        old, new = header.split("@@")[1].split()[:2]
-    except (IndexError, ValueError):
-        return 0, 0
-
-    def size(part: str) -> int:
-        return int(part.split(",")[1]) if "," in part else 1
-
-    try:
-        return size(old), size(new)
-    except ValueError:
-        return 0, 0
 
 
 def baseline_runs_left(values: Sequence[float], wanted: int = BASELINE_RUNS) -> int:
