@@ -299,32 +299,7 @@ def metric(
     returns several metrics as a dict. ``name`` defaults to the function name without its
     ``test_`` prefix; ``repeat=N`` runs the body N times and keeps every sample.
     """
-    if callable(goal) and not isinstance(goal, Mapping):
-        _raise(
-            f"@metric on {getattr(goal, '__name__', goal)!r} needs a goal: write "
-            "@metric(goal='min') or @metric(goal='max')"
-        )
-    if goal is None:
-        _raise("@metric needs a goal: @metric(goal='min') or @metric(goal='max')")
-    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
-        _raise(f"@metric(repeat=...) must be a whole number of runs, 1 or more; got {repeat!r}")
-    multi = isinstance(goal, Mapping)
-    if multi:
-        if name is not None:
-            _raise(
-                "@metric(goal={...}, name=...): with several metrics the dict keys are the "
-                "names; drop name="
-            )
-        if not goal:
-            _raise("@metric(goal={}) declares no metrics: give {'name': 'min' or 'max', ...}")
-        goals = {
-            check_name(k, "@metric(goal={...})"): check_goal(v, f"@metric goal for {k!r}")
-            for k, v in goal.items()  # type: ignore[union-attr]
-        }
-    else:
-        goals = {"": check_goal(goal, "@metric(goal=...)")}
-        if name is not None:
-            check_name(name, "@metric(name=...)")
+    goals, multi = _declared_goals(goal, name, repeat)
 
     def decorate(func: F) -> F:
         if multi:
@@ -353,6 +328,37 @@ def metric(
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _declared_goals(goal: Any, name: str | None, repeat: int) -> tuple[dict[str, str], bool]:
+    """@metric's arguments checked: ({name or "": goal}, whether a dict of goals was given)."""
+    if callable(goal) and not isinstance(goal, Mapping):
+        _raise(
+            f"@metric on {getattr(goal, '__name__', goal)!r} needs a goal: write "
+            "@metric(goal='min') or @metric(goal='max')"
+        )
+    if goal is None:
+        _raise("@metric needs a goal: @metric(goal='min') or @metric(goal='max')")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        _raise(f"@metric(repeat=...) must be a whole number of runs, 1 or more; got {repeat!r}")
+    multi = isinstance(goal, Mapping)
+    if multi:
+        if name is not None:
+            _raise(
+                "@metric(goal={...}, name=...): with several metrics the dict keys are the "
+                "names; drop name="
+            )
+        if not goal:
+            _raise("@metric(goal={}) declares no metrics: give {'name': 'min' or 'max', ...}")
+        goals = {
+            check_name(k, "@metric(goal={...})"): check_goal(v, f"@metric goal for {k!r}")
+            for k, v in goal.items()
+        }
+    else:
+        goals = {"": check_goal(goal, "@metric(goal=...)")}
+        if name is not None:
+            check_name(name, "@metric(name=...)")
+    return goals, multi
 
 
 def spec_of(func: object) -> MetricSpec | None:
