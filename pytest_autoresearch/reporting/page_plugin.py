@@ -167,6 +167,7 @@ def install(config: pytest.Config) -> None:
     plugin = PagePlugin(config)
     if config.pluginmanager.register(plugin, "autoresearch.page") is None:
         return  # -p no:autoresearch.page
+    record_dir(config)  # the tag's default is today's date: note it now, not after midnight
     address = config.getoption("autoresearch_serve", None)
     if address is not None:
         plugin.start_server(address)

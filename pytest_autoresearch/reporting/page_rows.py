@@ -164,8 +164,19 @@ def _facts(r: dict[str, Any], dec: int) -> str:
     return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts) + "</dl>"
 
 
+def _rounded(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}")
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
 def _compact(obj: Any) -> str:
-    text = json.dumps(obj, ensure_ascii=False, default=str)
+    """A JSON-ish line, numbers to 6 significant digits (all of them stay in the journal)."""
+    text = json.dumps(_rounded(obj), ensure_ascii=False, default=str)
     return text if len(text) <= 600 else text[:599] + "…"
 
 
