@@ -1,7 +1,7 @@
-"""The real parallel controller (``ParallelLoop``) at K = 1, 2, 8 and 64 simulated workers.
+"""The real parallel controller (``ResearchLoop``) at K = 1, 2, 8 and 64 simulated workers.
 
 ``benchmarks/parallel.py --simulate`` models the controller; this drives the real one:
-``pytest_autoresearch.research.parallel.ParallelLoop`` with the real keep rule, stale policy and
+``pytest_autoresearch.research.loop.ResearchLoop`` with the real keep rule, stale policy and
 journal logic, over the in-memory fakes of ``tests/fakes.py`` (a repository of dict
 commits, an executor of K workers in simulated time, evaluations of ~1 time unit with a
 lognormal spread). The project has ten knobs, one file each; a proposal rewrites one knob.
@@ -34,8 +34,10 @@ from fakes import FakeExecutor, FakeRepo, MemoryJournal  # noqa: E402
 
 from pytest_autoresearch.program.program_md import Program  # noqa: E402
 from pytest_autoresearch.proposers.base import Proposal  # noqa: E402
-from pytest_autoresearch.research.loop import LoopSettings  # noqa: E402
-from pytest_autoresearch.research.parallel import ParallelLoop  # noqa: E402
+from pytest_autoresearch.research.loop import (
+    LoopSettings,  # noqa: E402
+    ResearchLoop,  # noqa: E402
+)
 
 KNOBS = 10
 
@@ -89,7 +91,7 @@ def run(k: int, experiments: int, gain_rate: float, seed: int) -> dict:
         baseline_runs=8,
         timeout=60,
     )
-    loop = ParallelLoop(
+    loop = ResearchLoop(
         LoopSettings(
             root=root,
             program=program,

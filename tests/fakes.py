@@ -23,7 +23,7 @@ from typing import Any
 
 from pytest_autoresearch.proposers.base import Cost, Proposal, ProposerError, ProposerFatal
 from pytest_autoresearch.research.journal import JournalState
-from pytest_autoresearch.research.loop import LoopSettings
+from pytest_autoresearch.research.records import LoopSettings
 from pytest_autoresearch.sandbox.evaluate import Evaluation, MetricValue
 
 Files = dict[str, str]
@@ -126,6 +126,11 @@ class FakeRepo:
         self.tree = dict(self.commits[self.best])
         self.calls.append("restore")
         return changed
+
+    def load(self, sha: str) -> None:
+        """``sha``'s files into the working tree; the branch stays where it is."""
+        self.tree = dict(self.commits[sha])
+        self.calls.append(f"load {sha}")
 
     def recommit(self, sha: str, message: str) -> str:
         if self.parents.get(sha) != self.best:

@@ -212,7 +212,32 @@ def test_crash_repair_gets_the_log_tail_and_fixes_on_the_second_attempt(server, 
     # Its cost is its own two calls plus the failed attempt's one.
     assert fixed.cost.input_tokens == 3000
     p.observe(ctx, fixed, Outcome("keep", 0.4, "improved"))
-    assert p._conv is None
+    assert p._threads == {}  # the candidate ended: its conversation is closed
+
+
+def test_with_two_in_flight_a_repair_continues_its_own_candidates_conversation(server, root):
+    server.add(
+        message(edit("str_replace", "train.py", old_str="LR * BATCH", new_str="lr * BATCH")),
+        message(text("Description: scale by lr")),
+        message(edit("str_replace", "train.py", old_str="LR = 0.01", new_str="LR = 0.02")),
+        message(text("Description: double the learning rate")),
+    )
+    p = proposer(server)
+    first, second = make_ctx(root, experiment=1), make_ctx(root, experiment=2)
+    assert p.propose(first).description == "scale by lr"
+    assert p.propose(second).description == "double the learning rate"
+    server.add(
+        message(edit("str_replace", "train.py", old_str="lr * BATCH", new_str="LR * BATCH * 2")),
+        message(text("Description: scale LR*BATCH by 2")),
+    )
+    fixed = p.repair(first, Failure("crash", "NameError in test_loss", "NameError: lr"))
+    assert fixed is not None and fixed.description == "scale LR*BATCH by 2"
+    told = server.requests[-2].body["messages"]
+    # Experiment 1's exchange, not experiment 2's, then the failure.
+    assert "lr * BATCH" in str(told[1]) and "LR = 0.02" not in str(told)
+    assert "Repair attempt 1" in told[-1]["content"][-1]["text"]
+    p.observe(first, fixed, Outcome("crash", None, "NameError"))
+    assert set(p._threads) == {2}
 
 
 def test_repair_on_a_fresh_proposer_starts_from_the_state(server, root):

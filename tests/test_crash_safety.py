@@ -16,7 +16,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from toyproject import git, make_toy, model_source, read_jsonl, read_tsv, step
+from toyproject import (
+    git,
+    make_toy,
+    make_two_knobs,
+    model_source,
+    other_source,
+    read_jsonl,
+    read_tsv,
+    step,
+    ystep,
+)
 
 from pytest_autoresearch.research.loop import FAULT_ENV, FAULT_STEPS
 
@@ -28,6 +38,13 @@ SCRIPT = [
     step("move X to 5", 5.0),  # loss 7 -> 2: keep
     step("move X to 20", 20.0),  # loss 17: discard
     step("move X to 3", 3.0),  # loss 0: keep
+]
+# With two in flight the third change must not collide with the first (a change of the same
+# line would go stale): X, then Y worse, then Y better, on the two-knob toy.
+SCRIPT_K2 = [
+    step("move X to 5", 5.0),  # loss 11 -> 6: keep
+    ystep("move Y to 20", 20.0),  # loss 21 or 26: discard
+    ystep("move Y to 1", 1.0),  # loss 2 (or 7 if measured before X was kept): keep
 ]
 EXPECTED = [(1, "keep"), (2, "discard"), (3, "keep")]
 # The experiment each step is injected into: keeps for the commit steps, the discard for the
@@ -47,20 +64,22 @@ WHERE = {
 }
 
 
-def loop_cmd(n: int) -> list[str]:
+def loop_cmd(n: int, workers: int = 1) -> list[str]:
     return [
         sys.executable, "-m", "pytest", "--autoresearch", "-n", str(n),
         "--autoresearch-tag", TAG, "--autoresearch-proposer", "scripted", "-p", "no:randomly",
-        "-p", "no:cacheprovider",
+        "-p", "no:cacheprovider", "--autoresearch-workers", str(workers),
     ]  # fmt: skip
 
 
-def run(root: Path, n: int, fault: str | None = None) -> subprocess.CompletedProcess:
+def run(
+    root: Path, n: int, fault: str | None = None, workers: int = 1
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "AUTORESEARCH"))}
     if fault:
         env[FAULT_ENV] = fault
     return subprocess.run(
-        loop_cmd(n), cwd=root, env=env, capture_output=True, text=True, timeout=300
+        loop_cmd(n, workers), cwd=root, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -73,36 +92,45 @@ def test_every_step_is_named_in_the_test() -> None:
     assert set(WHERE) == set(FAULT_STEPS)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("fault_step", FAULT_STEPS)
 def test_kill_at_each_step_then_resume_loses_and_duplicates_nothing(
-    tmp_path: Path, fault_step: str
+    tmp_path: Path, fault_step: str, workers: int
 ) -> None:
-    root = make_toy(tmp_path, SCRIPT)
+    """The one loop, in place (1 worker) and with two worktree workers in flight."""
+    root = make_toy(tmp_path, SCRIPT) if workers == 1 else make_two_knobs(tmp_path, SCRIPT_K2)
     main_before = git(root, "rev-parse", "main")
     index = WHERE[fault_step]
     fault = fault_step if index is None else f"{fault_step}:{index}"
 
-    killed = run(root, 3, fault)
+    killed = run(root, 3, fault, workers)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
 
-    resumed = run(root, 3)
+    resumed = run(root, 3, workers=workers)
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out
 
-    recs = experiments(root)
+    recs = sorted(experiments(root), key=lambda r: r["index"])
     assert [(r["index"], r["status"]) for r in recs] == EXPECTED, out
     rows = read_tsv(root / RECORD / "results.tsv")
-    assert [row[2] for row in rows[1:]] == ["keep", "discard", "keep"]
-    # The branch holds exactly the two kept commits, in order, on top of the user's commit.
+    assert sorted(row[2] for row in rows[1:]) == ["discard", "keep", "keep"]
+    # The branch holds exactly the two kept commits, one on top of the other, on top of
+    # the user's commit (with two in flight, in the order they were kept).
     tip = git(root, "rev-parse", "autoresearch/" + TAG)
-    assert tip == recs[2]["commit"]
-    assert git(root, "rev-parse", tip + "^") == recs[0]["commit"]
+    kept = [recs[0]["commit"], recs[2]["commit"]]
+    assert {tip, git(root, "rev-parse", tip + "^")} == set(kept)
     assert git(root, "rev-parse", tip + "^^") == main_before
-    assert git(root, "show", f"{tip}:toy/model.py") == model_source(3.0).rstrip("\n")
-    assert git(root, "show", f"{recs[0]['commit']}:toy/model.py") == model_source(5.0).rstrip("\n")
-    # The best carried forward is the kept experiment's own measurement, not a stale one.
-    assert recs[1]["best_before"] == pytest.approx(2.0)
-    assert recs[2]["best_before"] == pytest.approx(2.0)
+    if workers == 1:
+        assert tip == recs[2]["commit"]
+        assert git(root, "show", f"{tip}:toy/model.py") == model_source(3.0).rstrip("\n")
+        first = git(root, "show", f"{recs[0]['commit']}:toy/model.py")
+        assert first == model_source(5.0).rstrip("\n")
+        # The best carried forward is the kept experiment's own measurement, not a stale one.
+        assert recs[1]["best_before"] == pytest.approx(2.0)
+        assert recs[2]["best_before"] == pytest.approx(2.0)
+    else:  # both gains on the branch, whichever was kept first
+        assert git(root, "show", f"{tip}:toy/model.py") == model_source(5.0).rstrip("\n")
+        assert git(root, "show", f"{tip}:toy/other.py") == other_source(1.0).rstrip("\n")
     # The user's branch and tree are as they were.
     assert git(root, "rev-parse", "main") == main_before
     assert git(root, "symbolic-ref", "--short", "HEAD") == "main"

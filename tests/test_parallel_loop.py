@@ -19,52 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-from toyproject import git, make_toy, model_source, read_jsonl, step
+from toyproject import git, make_two_knobs, model_source, read_jsonl, step, ystep
 
 pytestmark = pytest.mark.slow
 
 TAG = "par"
-
-PROGRAM = """\
----
-editable: ["toy/model.py", "toy/other.py"]
-objective: loss
-guards: ["tests/test_guard.py"]
-timeout: 30
-baseline_runs: 2
----
-Move X and Y toward the values that minimise the loss.
-"""
-
-METRIC = """
-from pytest_autoresearch import metric
-
-import toy.model as model
-import toy.other as other
-
-
-@metric(goal="min")
-def test_loss():
-    return abs(model.X - 3.0) + abs(other.Y - 1.0)
-"""
-
-
-def other_source(y: float, extra: str = "") -> str:
-    return f"Y = {y!r}  # search: -20..20\n{extra}"
-
-
-def make_project(root: Path, steps: list[dict]) -> Path:
-    make_toy(root, steps)
-    (root / "program.md").write_text(PROGRAM)
-    (root / "toy" / "other.py").write_text(other_source(5.0))
-    (root / "tests" / "test_metric.py").write_text(METRIC)
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "two knobs")
-    return root
-
-
-def ystep(description: str, y: float, extra: str = "") -> dict:
-    return {"description": description, "write": {"toy/other.py": other_source(y, extra)}}
 
 
 def run_loop(
@@ -153,7 +112,9 @@ def assert_clean_end(root: Path, n: int) -> list[dict]:
 
 
 def test_two_workers_measure_side_by_side_and_rebase_an_overtaken_gain(tmp_path: Path) -> None:
-    root = make_project(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0), ystep("y to 9", 9.0)])
+    root = make_two_knobs(
+        tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0), ystep("y to 9", 9.0)]
+    )
     done = run_loop(root, 3, "--autoresearch-workers", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "workers: 2 worktree worker(s)" in done.stdout
@@ -182,7 +143,7 @@ def test_two_workers_measure_side_by_side_and_rebase_an_overtaken_gain(tmp_path:
 
 
 def test_two_changes_to_one_line_the_second_goes_stale(tmp_path: Path) -> None:
-    root = make_project(tmp_path, [step("x to 3", 3.0), step("x to 4", 4.0)])
+    root = make_two_knobs(tmp_path, [step("x to 3", 3.0), step("x to 4", 4.0)])
     done = run_loop(root, 2, "--autoresearch-workers", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     recs = assert_clean_end(root, 2)
@@ -200,7 +161,7 @@ def test_a_candidate_in_a_worktree_cannot_write_the_users_checkout(tmp_path: Pat
         "except OSError:\n"
         "    pass\n"
     )
-    root = make_project(tmp_path, [ystep("y to 1, and rewrite the checkout", 1.0, attack)])
+    root = make_two_knobs(tmp_path, [ystep("y to 1, and rewrite the checkout", 1.0, attack)])
     before = target.read_text()
     done = run_loop(root, 1, "--autoresearch-workers", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -215,7 +176,7 @@ def test_what_a_worker_run_writes_into_its_checkout_rejects_the_candidate(tmp_pa
         "pathlib.Path(__file__).parent.parent.joinpath('tests', 'test_guard.py')"
         ".write_text('def test_ok():\\n    pass\\n')\n"
     )
-    root = make_project(tmp_path, [ystep("y to 1 and rewrite the guard", 1.0, plant)])
+    root = make_two_knobs(tmp_path, [ystep("y to 1 and rewrite the guard", 1.0, plant)])
     done = run_loop(root, 1, "--autoresearch-workers", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (rec,) = assert_clean_end(root, 1)
@@ -225,7 +186,7 @@ def test_what_a_worker_run_writes_into_its_checkout_rejects_the_candidate(tmp_pa
 
 def test_kill_9_of_the_driver_then_resume_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     slow = "import time\ntime.sleep(1.5)\n"  # the other worker is mid-evaluation at the kill
-    root = make_project(
+    root = make_two_knobs(
         tmp_path,
         [
             step("x to 3", 3.0, extra=slow),
@@ -250,28 +211,9 @@ def test_kill_9_of_the_driver_then_resume_loses_and_duplicates_nothing(tmp_path:
     assert_clean_end(root, 3)
 
 
-@pytest.mark.parametrize("fault", ["after-proposal:2", "before-commit", "after-commit"])
-def test_kill_9_at_a_keep_with_two_in_flight_then_resume(tmp_path: Path, fault: str) -> None:
-    """The write-ahead journal with K workers: a keep journaled but not moved is rolled
-    forward, the other experiment in flight is run again, and the record is complete."""
-    root = make_project(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0), ystep("y to 9", 9.0)])
-    killed = run_loop(root, 3, "--autoresearch-workers", "2", env={"AUTORESEARCH_FAULT": fault})
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
-    done = run_loop(root, 3, "--autoresearch-workers", "2")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    recs = {r["index"]: r for r in assert_clean_end(root, 3)}
-    if fault == "before-commit":
-        assert "was decided (keep) before the last run stopped" in done.stdout
-    # Whatever the kill cut short, both real gains end up on the branch.
-    tip = f"autoresearch/{TAG}"
-    assert git(root, "show", f"{tip}:toy/other.py").startswith("Y = 1.0")
-    assert git(root, "show", f"{tip}:toy/model.py").startswith(model_source(3.0).strip()[:20])
-    assert recs[3]["status"] == "discard"
-
-
 def test_ray_local_measures_on_ray_workers_and_stops_its_instance(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    root = make_project(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0)])
+    root = make_two_knobs(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0)])
     done = run_loop(
         root, 2, "--autoresearch-ray", "local", "--autoresearch-workers", "2", timeout=900
     )
@@ -288,7 +230,7 @@ def test_ray_local_measures_on_ray_workers_and_stops_its_instance(tmp_path: Path
 
 def test_ray_driver_killed_then_resumed_leaves_no_ray_process(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    root = make_project(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0)])
+    root = make_two_knobs(tmp_path, [step("x to 3", 3.0), ystep("y to 1", 1.0)])
     args = ("--autoresearch-ray", "local", "--autoresearch-workers", "2")
     killed = run_loop(root, 2, *args, env={"AUTORESEARCH_FAULT": "evaluation:1"}, timeout=900)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
@@ -302,7 +244,7 @@ def test_ray_driver_killed_then_resumed_leaves_no_ray_process(tmp_path: Path) ->
 
 
 def test_lean_evaluations_on_workers_start_without_autoloaded_plugins(tmp_path: Path) -> None:
-    root = make_project(tmp_path, [ystep("y to 1", 1.0)])
+    root = make_two_knobs(tmp_path, [ystep("y to 1", 1.0)])
     program = (
         (root / "program.md")
         .read_text()

@@ -1,4 +1,4 @@
-"""ParallelLoop with in-memory fakes: K experiments in flight, decided one result at a time.
+"""ResearchLoop with K fake workers: K experiments in flight, decided one result at a time.
 
 The keep semantics of docs/parallel.md, pinned in milliseconds: a candidate overtaken by a
 keep is re-based when its change still applies and is promising, discarded when it was no
@@ -15,7 +15,7 @@ from pathlib import Path
 from fakes import FakeExecutor, FakeRepo, MemoryJournal, ScriptedProposer, Step, fake_settings
 
 from pytest_autoresearch.program.program_md import Program
-from pytest_autoresearch.research.parallel import ParallelLoop
+from pytest_autoresearch.research.loop import ResearchLoop
 
 NOISE = (0.0, 0.02, -0.02)
 
@@ -56,7 +56,7 @@ class Rig:
         self.proposer = ScriptedProposer(self.repo, steps)
         self.journal = journal or MemoryJournal()
         self.lines: list[str] = []
-        self.loop = ParallelLoop(
+        self.loop = ResearchLoop(
             fake_settings(tmp_path, self.program, experiments),
             executor=self.executor,
             repo=self.repo,
@@ -176,6 +176,34 @@ def test_what_a_run_writes_in_its_checkout_is_judged_by_the_controller(tmp_path:
     assert "conftest.py (new code file" in recs[2]["reason"]
     assert recs[3]["status"] == "keep"
     assert rig.repo.tree == files(10.0, 1.0)
+
+
+def test_a_crash_is_repaired_with_two_workers_on_top_of_a_keep_made_meanwhile(
+    tmp_path: Path,
+) -> None:
+    broken = Step("x broken", write={"model.py": "X = BROKEN\n"}, repair={"model.py": "X = 3.0\n"})
+    rig = Rig(
+        tmp_path,
+        [broken, Step("y to 1", write={"other.py": "Y = 1.0\n"})],
+        experiments=2,
+        executor={
+            "crash": lambda tree: "NameError: BROKEN" if "BROKEN" in tree["model.py"] else None,
+            # The broken run is slow: "y to 1" is kept before its crash comes back.
+            "duration": lambda tree: 3.0 if "BROKEN" in tree["model.py"] else 1.0,
+        },
+    )
+    result = rig.run()
+    recs = rig.records()
+    assert [recs[i]["status"] for i in (1, 2)] == ["keep", "keep"]
+    assert rig.proposer.repairs == 1
+    assert [a["status"] for a in recs[1]["attempts"]] == ["crash"]
+    assert "NameError: BROKEN" in recs[1]["attempts"][0]["log_tail"]
+    # Re-based onto the keep made meanwhile, then put in the checkout for the proposer.
+    assert recs[1]["parent"] == recs[2]["commit"] and recs[1]["earlier"][0]["parent"] == "c0"
+    assert any(call.startswith("load ") for call in rig.repo.calls)
+    assert recs[1]["description"] == "x broken (repaired)"
+    assert result.best == 0.0 and rig.repo.tree == files(3.0, 1.0)
+    assert_one_keep_per_parent(rig)
 
 
 def test_a_lost_worker_is_a_crash_with_its_reason_and_the_run_goes_on(tmp_path: Path) -> None:

@@ -148,3 +148,49 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_tsv(path: Path) -> list[list[str]]:
     return [line.split("\t") for line in path.read_text().splitlines()]
+
+
+# -- two knobs: for K workers in flight -------------------------------------------------
+
+TWO_KNOBS_PROGRAM = """\
+---
+editable: ["toy/model.py", "toy/other.py"]
+objective: loss
+guards: ["tests/test_guard.py"]
+timeout: 30
+baseline_runs: 2
+---
+Move X and Y toward the values that minimise the loss.
+"""
+
+TWO_KNOBS_METRIC = """
+from pytest_autoresearch import metric
+
+import toy.model as model
+import toy.other as other
+
+
+@metric(goal="min")
+def test_loss():
+    return abs(model.X - 3.0) + abs(other.Y - 1.0)
+"""
+
+
+def other_source(y: float, extra: str = "") -> str:
+    return f"Y = {y!r}  # search: -20..20\n{extra}"
+
+
+def make_two_knobs(root: Path, steps: list[dict]) -> Path:
+    """The toy with two editable files (X in toy/model.py, Y in toy/other.py): two
+    candidates in flight can both be real gains, or collide on one file."""
+    make_toy(root, steps)
+    (root / "program.md").write_text(TWO_KNOBS_PROGRAM)
+    (root / "toy" / "other.py").write_text(other_source(5.0))
+    (root / "tests" / "test_metric.py").write_text(TWO_KNOBS_METRIC)
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "two knobs")
+    return root
+
+
+def ystep(description: str, y: float, extra: str = "") -> dict:
+    return {"description": description, "write": {"toy/other.py": other_source(y, extra)}}

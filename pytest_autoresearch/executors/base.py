@@ -76,6 +76,9 @@ class TrialResult:
     changed: list[list[str]] = field(default_factory=list)  # per evaluation: paths it wrote
     created: list[list[str]] = field(default_factory=list)  # per evaluation: new files among them
     started: list[float] = field(default_factory=list)  # per evaluation: time.time() at its start
+    # Per evaluation, when the executor judged the run itself (in place): what it changed
+    # that it may not, one "path (why)" each. Empty: the controller judges ``changed``.
+    refused: list[list[str]] = field(default_factory=list)
     attempts: int = 1  # 2 when the worker was lost once and the trial ran again
     notes: list[str] = field(default_factory=list)  # e.g. "worker lost (...), retried"
 

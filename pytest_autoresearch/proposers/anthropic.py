@@ -4,41 +4,39 @@ Each experiment is a multi-turn Messages API exchange: the model views and edits
 files with ``str_replace_based_edit_tool``; ``FileEditor`` runs every command
 and answers with a ``tool_result``, until the model ends its turn or a turn/token
 cap is reached. ``LLMProposer`` holds what the Anthropic and OpenAI-compatible
-proposers share (editor, prompt, repair, cost, transcripts).
+proposers share (editor, prompt, repair, cost, transcripts): see proposers/llm.py.
 
 The ``anthropic`` package is imported only when a proposer is built.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch.proposers import prompt
 from pytest_autoresearch.proposers.base import (
     Cost,
-    Failure,
-    Outcome,
-    Proposal,
-    ProposalContext,
-    ProposerError,
     ProposerFatal,
 )
-from pytest_autoresearch.proposers.editor import TOOL_NAME, FileEditor, glob_matcher
-from pytest_autoresearch.sandbox.secrets import scrub  # re-exported for the other LLM proposers
+from pytest_autoresearch.proposers.editor import TOOL_NAME, FileEditor
+from pytest_autoresearch.proposers.llm import (
+    MAX_RETRIES,
+    MAX_TOKENS,
+    MAX_TURNS,
+    TIMEOUT,
+    TOKEN_CAP,
+    Exchange,
+    LLMProposer,
+    LLMProposerError,
+    _host,
+    _option,
+    scrub,
+)
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 EDITOR_TOOL = {"type": "text_editor_20250728", "name": TOOL_NAME}
-MAX_TOKENS = 8192
-MAX_TURNS = 30
-MAX_RETRIES = 4  # the SDK retries 408/409/429/5xx with exponential backoff
-TIMEOUT = 600.0  # seconds per API call
-TOKEN_CAP = 600_000  # input + output tokens of one proposal, all turns together
 NO_KEY = (
     "the anthropic proposer needs an API key: set ANTHROPIC_API_KEY (and ANTHROPIC_BASE_URL "
     "for another endpoint), or run offline with --autoresearch-proposer optuna"
@@ -81,219 +79,6 @@ def usd(
     p_in, p_out, p_write, p_read = prices
     total = inp * p_in + out * p_out + cache_write * p_write + cache_read * p_read
     return (total + write_1h * (2 * p_in - p_write)) / 1e6
-
-
-def _option(config: Any, name: str, default: Any) -> Any:
-    """An option's value, tolerating options not registered (yet) and None."""
-    try:
-        value = config.getoption(name, None)
-    except (ValueError, AttributeError):
-        value = None
-    return default if value is None else value
-
-
-class LLMProposerError(ProposerError):
-    """A failed proposal that still cost tokens (``cost``); the next proposal bills it."""
-
-    def __init__(self, message: str, cost: Cost | None = None) -> None:
-        super().__init__(message)
-        self.cost = cost or Cost()
-
-
-@dataclass
-class Exchange:
-    """Counters for one propose or repair exchange."""
-
-    cost: Cost = field(default_factory=Cost)
-    turns: int = 0
-    tool_calls: int = 0
-    stop: str = ""
-    final_text: str = ""
-    usage: list[dict] = field(default_factory=list)
-
-    @property
-    def tokens(self) -> int:
-        c = self.cost
-        return c.input_tokens + c.output_tokens + c.cache_read_tokens + c.cache_write_tokens
-
-
-class LLMProposer:
-    """What both LLM proposers share: editor, prompt, repair, cost carry-over, transcripts.
-
-    A subclass provides ``_new_conversation``, ``_add_user_text`` and ``_turn``.
-    """
-
-    name = "llm"
-
-    def __init__(
-        self,
-        *,
-        model: str,
-        max_turns: int = MAX_TURNS,
-        history_tokens: int = prompt.HISTORY_TOKENS,
-        token_cap: int = TOKEN_CAP,
-    ) -> None:
-        self.model = model
-        self.max_turns = max_turns
-        self.history_tokens = history_tokens
-        self.token_cap = token_cap
-        self._conv: list[dict] | None = None
-        self._editor: FileEditor | None = None
-        self._description = ""
-        self._attempt = 0
-        self._unbilled = Cost()  # spent by failed exchanges; billed with the next proposal
-
-    # -- subclass hooks -------------------------------------------------------------------
-
-    def _secrets(self) -> list[str]:
-        return []
-
-    def _new_conversation(self, system: str, user: str) -> list[dict]:
-        raise NotImplementedError
-
-    def _add_user_text(self, conv: list[dict], text: str) -> None:
-        raise NotImplementedError
-
-    def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
-        """One API call and its tool calls; returns False when the model ended its turn."""
-        raise NotImplementedError
-
-    # -- the Proposer protocol ------------------------------------------------------------
-
-    def propose(self, ctx: ProposalContext) -> Proposal:
-        """Let the model make one change; ProposerError if it made none."""
-        self._editor = _editor_for(ctx)
-        self._attempt = 0
-        system = prompt.system_prompt(ctx)
-        self._conv = self._new_conversation(system, prompt.state_message(ctx, self.history_tokens))
-        ex = self._exchange(ctx, self._editor, "propose")
-        if self._editor.writes == 0:
-            self._unbilled = self._unbilled + ex.cost
-            raise LLMProposerError(
-                f"the model made no edit ({ex.stop}; {ex.turns} turns, "
-                f"{self._editor.refused} refused commands)",
-                ex.cost,
-            )
-        self._description = prompt.extract_description(ex.final_text, self._editor.changed)
-        return self._proposal(ctx, ex, self._description)
-
-    def repair(self, ctx: ProposalContext, failure: Failure) -> Proposal | None:
-        """Show the model the failure and the log tail; None when it makes no further edit."""
-        self._attempt += 1
-        note = prompt.repair_message(failure, self._attempt)
-        if self._conv is None or self._editor is None:
-            # A fresh proposer (e.g. after a restart): start over from the state.
-            self._editor = _editor_for(ctx)
-            system = prompt.system_prompt(ctx)
-            state = prompt.state_message(ctx, self.history_tokens)
-            self._conv = self._new_conversation(system, state + "\n\n" + note)
-        else:
-            self._add_user_text(self._conv, note)
-        before = self._editor.writes
-        ex = self._exchange(ctx, self._editor, f"repair{self._attempt}")
-        if self._editor.writes == before:
-            self._unbilled = self._unbilled + ex.cost
-            return None
-        desc = prompt.extract_description(ex.final_text, self._editor.changed)
-        if desc == "(no description)" or desc.startswith("edited "):
-            desc = self._description or desc
-        self._description = desc
-        return self._proposal(ctx, ex, desc)
-
-    def observe(self, ctx: ProposalContext, proposal: Proposal, outcome: Outcome) -> None:
-        """The journal is the memory (it reaches the next prompt); drop this conversation."""
-        self._conv = None
-        self._editor = None
-
-    def close(self) -> None:
-        self._conv = None
-
-    # -- shared machinery -----------------------------------------------------------------
-
-    def _exchange(self, ctx: ProposalContext, editor: FileEditor, label: str) -> Exchange:
-        ex = Exchange()
-        assert self._conv is not None
-        try:
-            while True:
-                if ex.turns >= self.max_turns:
-                    ex.stop = f"turn cap of {self.max_turns} reached"
-                    break
-                if ex.tokens >= self.token_cap:
-                    ex.stop = f"token cap of {self.token_cap} reached"
-                    break
-                if not self._turn(self._conv, editor, ex):
-                    break
-        except LLMProposerError as exc:
-            exc.cost = exc.cost + ex.cost
-            self._unbilled = self._unbilled + ex.cost
-            raise
-        finally:
-            self._save_transcript(ctx, label, ex)
-        return ex
-
-    def _proposal(self, ctx: ProposalContext, ex: Exchange, description: str) -> Proposal:
-        assert self._editor is not None
-        cost, carried = ex.cost + self._unbilled, self._unbilled.usd
-        self._unbilled = Cost()
-        extra: dict[str, Any] = {
-            "model": self.model,
-            "turns": ex.turns,
-            "tool_calls": ex.tool_calls,
-            "refused": self._editor.refused,
-            "files": list(self._editor.changed),
-            "stop": ex.stop,
-        }
-        if carried:
-            extra["carried_usd"] = round(carried, 6)
-        if getattr(self, "price_known", True) is False:
-            extra["price"] = "model not in the price table: priced at the dearest rate"
-        return Proposal(description=description, cost=cost, extra=extra)
-
-    def _save_transcript(self, ctx: ProposalContext, label: str, ex: Exchange) -> None:
-        """The conversation, for a human reading the record later (never the key)."""
-        try:
-            folder = Path(ctx.state_dir) / "transcripts"
-            if not Path(ctx.state_dir).is_dir():
-                return
-            folder.mkdir(exist_ok=True)
-            data = {
-                "experiment": ctx.experiment,
-                "exchange": label,
-                "model": self.model,
-                "stop": ex.stop,
-                "usage": ex.usage,
-                "messages": self._conv,
-            }
-            text = json.dumps(prompt.transcript_safe(data, self._secrets()), indent=1, default=str)
-            (folder / f"{ctx.experiment:04d}-{label}.json").write_text(text)
-        except OSError:
-            pass  # a transcript is a convenience; never fail an experiment over it
-
-
-def _editor_for(ctx: ProposalContext) -> FileEditor:
-    program = ctx.program
-    protected = [getattr(program, "program_relpath", None) or ""]
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
-        protected.append(
-            Path(program.path).resolve().relative_to(Path(ctx.root).resolve()).as_posix()
-        )
-    return FileEditor(
-        ctx.root,
-        program.is_editable,
-        _context_matcher(program),
-        protected=[p for p in protected if p],
-    )
-
-
-def _context_matcher(program: Any) -> Any:
-    """program.md's context globs, matched the way program.py matches editable globs."""
-    globs = list(getattr(program, "context", ()) or ())
-    try:
-        from pytest_autoresearch.program.program_md import glob_to_regex
-    except ImportError:
-        return glob_matcher(globs)
-    regexes = [glob_to_regex(g) for g in globs]
-    return lambda rel: any(r.match(rel) for r in regexes)
 
 
 _FAMILY = re.compile(r"claude-(?:(sonnet|opus|haiku)-(\d+)(?:-(\d+))?|(fable|mythos))")
@@ -526,11 +311,6 @@ def _detail(exc: Any) -> str:
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             return prompt.clean_description(err["message"], 300)
     return type(exc).__name__
-
-
-def _host(url: Any) -> str:
-    """The endpoint without any user:password part."""
-    return re.sub(r"//[^/@]*@", "//", str(url))
 
 
 def build(config: Any) -> AnthropicProposer:

@@ -12,7 +12,10 @@ import os
 from typing import Any
 
 from pytest_autoresearch.proposers import prompt
-from pytest_autoresearch.proposers.anthropic import (
+from pytest_autoresearch.proposers.anthropic import price_for
+from pytest_autoresearch.proposers.base import Cost, ProposerFatal
+from pytest_autoresearch.proposers.editor import EDITOR_FUNCTION, TOOL_NAME, FileEditor
+from pytest_autoresearch.proposers.llm import (
     MAX_RETRIES,
     MAX_TOKENS,
     MAX_TURNS,
@@ -23,11 +26,8 @@ from pytest_autoresearch.proposers.anthropic import (
     LLMProposerError,
     _host,
     _option,
-    price_for,
     scrub,
 )
-from pytest_autoresearch.proposers.base import Cost, ProposerFatal
-from pytest_autoresearch.proposers.editor import EDITOR_FUNCTION, TOOL_NAME, FileEditor
 
 NO_KEY = (
     "the openai proposer needs an endpoint: set OPENAI_API_KEY for OpenAI's API, or "

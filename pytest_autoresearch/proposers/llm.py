@@ -1,0 +1,272 @@
+"""What the LLM proposers share: one conversation per candidate, the editor, repairs, cost.
+
+``LLMProposer`` runs a multi-turn exchange in which the model views and edits files with a
+text editor tool (``FileEditor`` runs every command and answers), until the model ends its
+turn or a turn/token cap is reached. A subclass (``AnthropicProposer``, ``OpenAIProposer``)
+provides the API calls: ``_new_conversation``, ``_add_user_text`` and ``_turn``.
+
+Each candidate in flight has its own conversation (``_Thread``), so with K workers a
+repair continues the exchange that made that very candidate; it is closed when the
+candidate ends (``observe``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_autoresearch.proposers import prompt
+from pytest_autoresearch.proposers.base import (
+    Cost,
+    Failure,
+    Outcome,
+    Proposal,
+    ProposalContext,
+    ProposerError,
+)
+from pytest_autoresearch.proposers.editor import FileEditor, glob_matcher
+from pytest_autoresearch.sandbox.secrets import scrub  # re-exported for the LLM proposers
+
+__all__ = ["Exchange", "LLMProposer", "LLMProposerError", "scrub"]
+
+MAX_TOKENS = 8192
+MAX_TURNS = 30
+MAX_RETRIES = 4  # the SDK retries 408/409/429/5xx with exponential backoff
+TIMEOUT = 600.0  # seconds per API call
+TOKEN_CAP = 600_000  # input + output tokens of one proposal, all turns together
+
+
+def _option(config: Any, name: str, default: Any) -> Any:
+    """An option's value, tolerating options not registered (yet) and None."""
+    try:
+        value = config.getoption(name, None)
+    except (ValueError, AttributeError):
+        value = None
+    return default if value is None else value
+
+
+class LLMProposerError(ProposerError):
+    """A failed proposal that still cost tokens (``cost``); the next proposal bills it."""
+
+    def __init__(self, message: str, cost: Cost | None = None) -> None:
+        super().__init__(message)
+        self.cost = cost or Cost()
+
+
+@dataclass
+class Exchange:
+    """Counters for one propose or repair exchange."""
+
+    cost: Cost = field(default_factory=Cost)
+    turns: int = 0
+    tool_calls: int = 0
+    stop: str = ""
+    final_text: str = ""
+    usage: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        c = self.cost
+        return c.input_tokens + c.output_tokens + c.cache_read_tokens + c.cache_write_tokens
+
+
+class LLMProposer:
+    """What both LLM proposers share: editor, prompt, repair, cost carry-over, transcripts.
+
+    A subclass provides ``_new_conversation``, ``_add_user_text`` and ``_turn``.
+    """
+
+    name = "llm"
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        max_turns: int = MAX_TURNS,
+        history_tokens: int = prompt.HISTORY_TOKENS,
+        token_cap: int = TOKEN_CAP,
+    ) -> None:
+        self.model = model
+        self.max_turns = max_turns
+        self.history_tokens = history_tokens
+        self.token_cap = token_cap
+        # One conversation per candidate in flight (experiment index -> its thread): with K
+        # workers a repair continues the conversation that made that candidate.
+        self._threads: dict[int, _Thread] = {}
+        self._unbilled = Cost()  # spent by failed exchanges; billed with the next proposal
+
+    # -- subclass hooks -------------------------------------------------------------------
+
+    def _secrets(self) -> list[str]:
+        return []
+
+    def _new_conversation(self, system: str, user: str) -> list[dict]:
+        raise NotImplementedError
+
+    def _add_user_text(self, conv: list[dict], text: str) -> None:
+        raise NotImplementedError
+
+    def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
+        """One API call and its tool calls; returns False when the model ended its turn."""
+        raise NotImplementedError
+
+    # -- the Proposer protocol ------------------------------------------------------------
+
+    def propose(self, ctx: ProposalContext) -> Proposal:
+        """Let the model make one change; ProposerError if it made none."""
+        system = prompt.system_prompt(ctx)
+        conv = self._new_conversation(system, prompt.state_message(ctx, self.history_tokens))
+        thread = self._threads[ctx.experiment] = _Thread(conv, _editor_for(ctx))
+        try:
+            ex = self._exchange(ctx, thread, "propose")
+        except BaseException:
+            self._threads.pop(ctx.experiment, None)
+            raise
+        if thread.editor.writes == 0:
+            self._threads.pop(ctx.experiment, None)
+            self._unbilled = self._unbilled + ex.cost
+            raise LLMProposerError(
+                f"the model made no edit ({ex.stop}; {ex.turns} turns, "
+                f"{thread.editor.refused} refused commands)",
+                ex.cost,
+            )
+        thread.description = prompt.extract_description(ex.final_text, thread.editor.changed)
+        return self._proposal(ex, thread, thread.description)
+
+    def repair(self, ctx: ProposalContext, failure: Failure) -> Proposal | None:
+        """Show the model the failure and the log tail; None when it makes no further edit."""
+        thread = self._threads.get(ctx.experiment)
+        attempt = thread.attempt + 1 if thread else 1
+        note = prompt.repair_message(failure, attempt)
+        if thread is None:
+            # A fresh proposer (e.g. after a restart): start over from the state.
+            system = prompt.system_prompt(ctx)
+            state = prompt.state_message(ctx, self.history_tokens)
+            conv = self._new_conversation(system, state + "\n\n" + note)
+            thread = self._threads[ctx.experiment] = _Thread(conv, _editor_for(ctx))
+        else:
+            self._add_user_text(thread.conv, note)
+        thread.attempt = attempt
+        before = thread.editor.writes
+        ex = self._exchange(ctx, thread, f"repair{attempt}")
+        if thread.editor.writes == before:
+            self._unbilled = self._unbilled + ex.cost
+            return None
+        desc = prompt.extract_description(ex.final_text, thread.editor.changed)
+        if desc == "(no description)" or desc.startswith("edited "):
+            desc = thread.description or desc
+        thread.description = desc
+        return self._proposal(ex, thread, desc)
+
+    def observe(self, ctx: ProposalContext, proposal: Proposal, outcome: Outcome) -> None:
+        """The journal is the memory (it reaches the next prompt); close this conversation."""
+        self._threads.pop(ctx.experiment, None)
+
+    def close(self) -> None:
+        self._threads.clear()
+
+    # -- shared machinery -----------------------------------------------------------------
+
+    def _exchange(self, ctx: ProposalContext, thread: _Thread, label: str) -> Exchange:
+        ex = Exchange()
+        try:
+            while True:
+                if ex.turns >= self.max_turns:
+                    ex.stop = f"turn cap of {self.max_turns} reached"
+                    break
+                if ex.tokens >= self.token_cap:
+                    ex.stop = f"token cap of {self.token_cap} reached"
+                    break
+                if not self._turn(thread.conv, thread.editor, ex):
+                    break
+        except LLMProposerError as exc:
+            exc.cost = exc.cost + ex.cost
+            self._unbilled = self._unbilled + ex.cost
+            raise
+        finally:
+            self._save_transcript(ctx, label, ex, thread.conv)
+        return ex
+
+    def _proposal(self, ex: Exchange, thread: _Thread, description: str) -> Proposal:
+        cost, carried = ex.cost + self._unbilled, self._unbilled.usd
+        self._unbilled = Cost()
+        extra: dict[str, Any] = {
+            "model": self.model,
+            "turns": ex.turns,
+            "tool_calls": ex.tool_calls,
+            "refused": thread.editor.refused,
+            "files": list(thread.editor.changed),
+            "stop": ex.stop,
+        }
+        if carried:
+            extra["carried_usd"] = round(carried, 6)
+        if getattr(self, "price_known", True) is False:
+            extra["price"] = "model not in the price table: priced at the dearest rate"
+        return Proposal(description=description, cost=cost, extra=extra)
+
+    def _save_transcript(
+        self, ctx: ProposalContext, label: str, ex: Exchange, conv: list[dict]
+    ) -> None:
+        """The conversation, for a human reading the record later (never the key)."""
+        try:
+            folder = Path(ctx.state_dir) / "transcripts"
+            if not Path(ctx.state_dir).is_dir():
+                return
+            folder.mkdir(exist_ok=True)
+            data = {
+                "experiment": ctx.experiment,
+                "exchange": label,
+                "model": self.model,
+                "stop": ex.stop,
+                "usage": ex.usage,
+                "messages": conv,
+            }
+            text = json.dumps(prompt.transcript_safe(data, self._secrets()), indent=1, default=str)
+            (folder / f"{ctx.experiment:04d}-{label}.json").write_text(text)
+        except OSError:
+            pass  # a transcript is a convenience; never fail an experiment over it
+
+
+@dataclass
+class _Thread:
+    """One candidate's conversation: its messages, its editor, where its repairs stand."""
+
+    conv: list[dict]
+    editor: FileEditor
+    description: str = ""
+    attempt: int = 0
+
+
+def _editor_for(ctx: ProposalContext) -> FileEditor:
+    program = ctx.program
+    protected = [getattr(program, "program_relpath", None) or ""]
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        protected.append(
+            Path(program.path).resolve().relative_to(Path(ctx.root).resolve()).as_posix()
+        )
+    return FileEditor(
+        ctx.root,
+        program.is_editable,
+        _context_matcher(program),
+        protected=[p for p in protected if p],
+    )
+
+
+def _context_matcher(program: Any) -> Any:
+    """program.md's context globs, matched the way program.py matches editable globs."""
+    globs = list(getattr(program, "context", ()) or ())
+    try:
+        from pytest_autoresearch.program.program_md import glob_to_regex
+    except ImportError:
+        return glob_matcher(globs)
+    regexes = [glob_to_regex(g) for g in globs]
+    return lambda rel: any(r.match(rel) for r in regexes)
+
+
+def _host(url: Any) -> str:
+    """The endpoint without any user:password part."""
+    return re.sub(r"//[^/@]*@", "//", str(url))
