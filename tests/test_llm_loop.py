@@ -171,6 +171,39 @@ def test_crash_repaired_on_the_second_attempt_then_cost_cap_stops(pytester, serv
     assert_key_nowhere(root, out)
 
 
+def test_a_crash_is_repaired_with_two_workers(pytester, server):
+    """The same repair with worktree workers: the candidate goes back into the checkout
+    for the model (its own conversation), and each fix is measured by a worker."""
+    root = make_toy(pytester.path, [])
+    logs: list[str] = []
+
+    def repair_turn(answer):
+        def respond(req):
+            logs.append(req.body["messages"][-1]["content"][-1].get("text", ""))
+            return answer
+
+        return respond
+
+    server.add(
+        message(set_x("10.0", "1 / 0")),
+        message(text("Description: move X to 1/0")),
+        repair_turn(message(set_x("1 / 0", "3.0"))),
+        message(text("Fixed.\nDescription: move X to 3")),
+    )
+    result = run_loop(pytester, 1, "--autoresearch-workers", "2")
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == 0, out
+    (rec,) = experiments(root)
+    assert rec["status"] == "keep" and rec["description"] == "move X to 3", out
+    assert [a["status"] for a in rec["attempts"]] == ["crash"]
+    assert "ZeroDivisionError" in logs[0] and "Repair attempt 1" in logs[0]
+    # Measured by the workers, never in the checkout; the repair was made on X = 1 / 0.
+    assert rec["worker"].startswith("w") and all(e["worker"] for e in rec["evaluations"])
+    assert "X = 1 / 0" in rec["attempts"][0]["diff"]
+    assert git(root, "show", "autoresearch/t1:toy/model.py").count("X = 3.0") == 1
+    assert_key_nowhere(root, out)
+
+
 def test_a_rejected_key_stops_before_any_experiment(pytester, server):
     root = make_toy(pytester.path, [])
     server.add(api_error(401, "authentication_error", "invalid x-api-key"))
