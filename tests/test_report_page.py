@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from page_records import synthetic_record
-from toyproject import make_toy, step
+from toyproject import git, make_toy, step
 
 from pytest_autoresearch.reporting.html import PAGE_NAME, page_version, render_page, write_page
 from pytest_autoresearch.reporting.run_view import read_run
@@ -80,6 +80,7 @@ def test_old_and_partial_records_render(tmp_path: Path) -> None:
     assert [r["index"] for r in view.records] == [1, 2] and view.skipped_lines == 1
     path = write_page(record, view)
     assert path.read_text().count('<details class="exp"') == 2
+    assert "no end recorded" in path.read_text()
     assert (record / "experiments.jsonl").read_text().endswith('{"event": "exp')
     assert sorted(p.name for p in record.iterdir()) == ["experiments.jsonl", PAGE_NAME]
 
@@ -91,6 +92,7 @@ def test_page_says_live_then_ended(tmp_path: Path) -> None:
     assert 'data-live="1"' in render_page(live) and "left at this pace" in render_page(live)
     page = render_page(ended)
     assert 'data-live="0"' in page and "reached 4 experiments" in page
+    assert "<h2>Workers (2)</h2>" in page and "<td>w1</td>" in page
     assert page_version(page.encode()[:400]) == str(ended.version)
 
 
@@ -228,12 +230,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+ROWS_AFTER_EACH = """
+
+import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_autoresearch_experiment_done(record, config):
+    page = config.rootpath / ".autoresearch" / "t1" / "report.html"
+    rows = page.read_text().count('<details class="exp"') if page.exists() else -1
+    with open(config.rootpath / "rows.txt", "a") as f:
+        f.write(f"{record['index']}:{rows}\\n")
+"""
+
+
 @pytest.mark.slow
 def test_a_real_run_live_under_serve_then_from_the_file(browser, pytester: pytest.Pytester) -> None:
     root = make_toy(
         pytester.path,
         [step("move X to 5", 5.0), step("move X to 7", 7.0), step("move X to 4", 4.0)],
     )
+    with open(root / "conftest.py", "a") as f:  # what report.html held after each experiment
+        f.write(ROWS_AFTER_EACH)
+    with open(root / ".gitignore", "a") as f:
+        f.write("rows.txt\n")
+    git(root, "commit", "-qam", "count the page's rows")
     port = _free_port()
     cmd = [sys.executable, "-m", "pytest", "--autoresearch", "-n", "3", "--autoresearch-tag",
            "t1", "--autoresearch-proposer", "scripted", "-p", "no:randomly",
@@ -277,6 +298,7 @@ def test_a_real_run_live_under_serve_then_from_the_file(browser, pytester: pytes
         log.close()
     assert proc.returncode == 0, (root / "run.log").read_text()
     assert "live page: http://127.0.0.1:" in (root / "run.log").read_text()
+    assert (root / "rows.txt").read_text().split() == ["1:1", "2:2", "3:3"]
     file_page = browser.new_page()
     file_page.goto((root / ".autoresearch" / "t1" / PAGE_NAME).as_uri())
     assert file_page.locator("details.exp").count() == 3

@@ -88,6 +88,9 @@ def _header(view: RunView, now: float) -> str:
     elif view.ended:
         state = '<span class="state ended">ended</span>'
         why = f"{esc(view.end_reason or 'ended')}, {_utc(journal_time(view.ended_at))}"
+    elif view.records:  # a record from before session lines were journaled
+        state = '<span class="state ended">no end recorded</span>'
+        why = "this record does not say how its run ended"
     else:
         state = '<span class="state ended">not started</span>'
         why = "no research session in this record yet"
