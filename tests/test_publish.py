@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 from github_server import REPO, TOKEN, Failure, GitHubServer, github_server
-from toyproject import git, make_toy, read_jsonl, step
+from toyproject import default_sigint, git, make_toy, read_jsonl, step
 
 from pytest_autoresearch import publish
 from pytest_autoresearch.publish import body as body_mod
@@ -470,7 +470,13 @@ def test_ctrl_c_publishes_nothing(pytester: pytest.Pytester, gh: GitHubServer) -
            "--autoresearch-tag", "t1", "--autoresearch-proposer", "scripted"]  # fmt: skip
     env = {**os.environ, **gh.env(), "PYTEST_ADDOPTS": "-p no:hypothesispytest -p no:benchmark"}
     proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=default_sigint,  # Ctrl-C reaches it even when the suite runs in the background
     )
     jsonl = root / ".autoresearch" / "t1" / "experiments.jsonl"
     deadline = time.monotonic() + 120

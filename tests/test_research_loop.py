@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from toyproject import git, make_toy, model_source, read_jsonl, read_tsv, step
+from toyproject import default_sigint, git, make_toy, model_source, read_jsonl, read_tsv, step
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +202,12 @@ def test_ctrl_c_restores_the_tree_and_completes_the_record(pytester: pytest.Pyte
     (root / "slow.flag").write_text("")
     cmd = [sys.executable, "-m", "pytest", *LOOP_ARGS]
     proc = subprocess.Popen(
-        cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=default_sigint,  # Ctrl-C reaches it even when the suite runs in the background
     )
     jsonl = wait_for_experiment(root, proc, 2)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process

@@ -9,6 +9,7 @@ one step per experiment, so a test decides exactly what each experiment does.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
@@ -98,6 +99,15 @@ def test_x_is_sane():
 def model_source(x: float, extra: str = "") -> str:
     """The editable file with X set to ``x`` (plus optional code after it)."""
     return f"# The knob the research loop turns.\nX = {x!r}  # search: -20..20\n{extra}"
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test will send SIGINT: Ctrl-C's default handling.
+
+    A job started in the background by a shell without job control inherits SIGINT as
+    ignored, and Python then installs no KeyboardInterrupt handler: the signal would be lost.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def git(root: Path, *args: str, identity: bool = False) -> str:

@@ -78,6 +78,7 @@ class ResearchLoop(Candidates, RunState):
         on_record: Callable[[dict], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.faults = Faults(settings.fault)  # a typo stops here, before anything runs
         if executor is None:
             if evaluate is None:
                 raise LoopError("the loop needs an executor, or an evaluate function for in place")
@@ -97,7 +98,6 @@ class ResearchLoop(Candidates, RunState):
         self.echo = echo
         self.on_record = on_record or (lambda rec: None)
         self.clock = clock
-        self.faults = Faults(settings.fault)
         self._init_state()
         self._init_candidates()
 

@@ -198,6 +198,7 @@ def _make_loop(
         )
         if executor is not None:
             undo.callback(executor.shutdown)  # evaluations killed, worktrees, actors removed
+            echo(_describe_executor(executor, plan.workers))
         loop = ResearchLoop(
             settings,
             executor=executor,
@@ -213,8 +214,6 @@ def _make_loop(
     except (LoopError, pytest.UsageError, ValueError, ImportError, ConnectionError) as exc:
         raise pytest.UsageError(str(exc)) from None
     undo.callback(_report, config, plan, journal, loop)  # after the executor's shutdown
-    if executor is not None:
-        echo(_describe_executor(executor, plan.workers))
     return loop
 
 
