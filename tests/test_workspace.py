@@ -153,3 +153,28 @@ def test_bundle_ships_a_commit_to_a_fresh_clone(toy: Path, tmp_path: Path) -> No
     assert "X = 8.0" in (ws.root / "toy" / "model.py").read_text()
     ws.remove()
     assert not ws.path.exists()
+
+
+def test_ignored_files_of_a_rootdir_below_the_work_tree_are_linked(tmp_path: Path) -> None:
+    from pytest_autoresearch.executors.worktree import plan_links
+
+    outer = tmp_path / "outer"
+    root = make_toy(outer / "proj", [])
+    subprocess.run(["rm", "-rf", str(root / ".git")], check=True)
+    (outer / ".gitignore").write_text("data/\n")  # the outer repository's rule
+    (outer / "above.bin").write_bytes(b"not under the rootdir")
+    git(outer, "init", "-q", "-b", "main")
+    git(outer, "add", "-A", identity=True)
+    git(outer, "commit", "-qm", "outer", identity=True)
+    (root / "data").mkdir()
+    (root / "data" / "values.txt").write_text("0.5\n")
+    links = plan_links(root)
+    assert links.paths == ("data/values.txt",)  # relative to the rootdir, nothing above it
+    ws = Workspace.create(root, tmp_path / "workers", "w0", links=links)
+    assert (ws.root / "data" / "values.txt").read_text() == "0.5\n"
+    (ws.root / "data" / "out.txt").write_text("written by a run\n")
+    assert ws.changes() == []
+    ws.restore()
+    assert not (ws.root / "data" / "out.txt").exists()
+    assert (ws.root / "data" / "values.txt").is_symlink()
+    ws.remove()

@@ -8,6 +8,11 @@ lacks the parent. The actor runs ``run_trial`` (apply, evaluate in a fresh pytes
 restore) and returns the ``TrialResult``; proposing, deciding, committing and journaling
 stay on the driver.
 
+Each checkout links the driver's untracked files (what git ignores there, a dataset under
+``data/``; program.md's ``shared:``) from the same path on its node, as worktrees do: on the
+driver's machine (``--autoresearch-ray local``) they are there, read-only to evaluations;
+on a node without them the trial fails with the path and the program.md line that fixes it.
+
 How many actors: ``workers``, or else what the cluster holds (one per ``num_gpus`` GPUs
 where it has GPUs, else one per CPU): ``capacity``. Isolation (program.md's ``sandbox:`` and
 ``network:``) is built by each actor on its node, around its own checkout.
@@ -33,7 +38,7 @@ import subprocess
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +79,10 @@ class RayWorker:
         threads: int,
         evaluate_kwargs: Mapping[str, Any],
         isolation: tuple[bool, bool] | None = None,
+        links: Any = None,
     ) -> None:
         self.name = name
+        self.links = links  # workspace.Links: the driver's untracked files, linked if here
         self.prefix = prefix
         self.env = worker_env(name, threads=threads)
         self.evaluate_kwargs = dict(evaluate_kwargs)
@@ -90,16 +97,21 @@ class RayWorker:
 
     def run(self, trial: Trial, bundle_box: list[Any]) -> TrialResult:
         """Measure ``trial``; ``bundle_box``: [ObjectRef of a bundle holding its commit]."""
-        from pytest_autoresearch.vcs.workspace import Workspace
+        from pytest_autoresearch.vcs.workspace import MissingLinkError, Workspace
 
         commit = trial.snapshot_sha or trial.parent_sha
         try:
             if self.space is None:
                 self.space = Workspace.clone(
-                    _get(bundle_box[0]), self.folder, self.name, prefix=self.prefix
-                )
+                    _get(bundle_box[0]), self.folder, self.name, prefix=self.prefix,
+                    links=self.links,
+                )  # fmt: skip
             elif not self.space.has(commit):
                 self.space.fetch(_get(bundle_box[0]))
+        except MissingLinkError as exc:
+            return TrialResult(
+                trial.id, worker=self.name, host=_host(), error=_missing(exc.missing, self.links)
+            )
         except Exception as exc:
             return TrialResult(
                 trial.id, worker=self.name, host=_host(), error=f"could not check out: {exc}"
@@ -124,7 +136,13 @@ class RayWorker:
         from pytest_autoresearch.sandbox.isolation import IsolationSpec, git_paths, make_launcher
 
         sandbox, network = self.isolation or (True, True)
-        spec = IsolationSpec(sandbox=sandbox, network=network, readonly=git_paths(self.space.root))
+        readonly = git_paths(self.space.root)
+        source = Path(self.links.source) if self.links is not None else None
+        if source is not None and source.is_dir() and source not in self.space.path.parents:
+            # The driver's checkout on this machine, where the links point: as worktree
+            # evaluations see it (isolation.for_research(checkout_readonly=True)).
+            readonly = (*readonly, source)
+        spec = IsolationSpec(sandbox=sandbox, network=network, readonly=readonly)
         return make_launcher(spec)
 
     def close(self) -> None:
@@ -137,6 +155,25 @@ def _get(ref: Any) -> bytes:
     import ray
 
     return ray.get(ref)
+
+
+def _missing(paths: list[str], links: Any) -> str:
+    """Why a node cannot check out, and the program.md line that fixes it."""
+    # A file of a mirrored folder stands for its folder: that is what the user downloaded.
+    tops = list(
+        dict.fromkeys(
+            next((f + "/" for f in links.folders if p.startswith(f + "/")), p) for p in paths
+        )
+    )
+    shown = ", ".join(tops[:3]) + (f" and {len(tops) - 3} more" if len(tops) > 3 else "")
+    return (
+        f"could not check out on {_host()}: {shown} (untracked in the driver's checkout) is "
+        f"not on this node; Ray workers link the driver's untracked files from the same path "
+        f"({links.source}), which works on the driver's machine or with a shared filesystem. "
+        f"Put it there on every node, or write in program.md the untracked paths the metric "
+        f'needs (only those must then be on every node): shared: ["{tops[0]}"] '
+        "(shared: [] when it needs none)"
+    )
 
 
 def _host() -> str:
@@ -235,6 +272,9 @@ class RayExecutor:
         retries: int = RETRIES,
         sandbox: bool | None = None,
         network: bool = True,
+        shared: Sequence[str] | None = None,
+        link_ignored: bool = True,
+        is_editable: Callable[[str], bool] | None = None,
     ) -> None:
         """``address``: "local" (a throwaway instance on this machine), "auto" (the cluster
         this machine is part of) or "ray://host:10001". An instance already initialised in
@@ -246,6 +286,12 @@ class RayExecutor:
         GPUs the actors ask for none (instead of waiting forever for one). ``sandbox``,
         ``network``: program.md's isolation, built on each node (``RayWorker``); ``sandbox``
         None: plain subprocesses.
+
+        The driver's untracked files (``link_ignored``: what git ignores; ``shared``:
+        program.md's paths; never what ``is_editable`` matches: ``worktree.plan_links``)
+        are linked into each checkout from the same path on the actor's node. Missing
+        there, a trial fails saying so; with ``shared`` given (not None), only those paths
+        must be there and the ignored files are linked where they are.
         """
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be 1 or more, not {workers}")
@@ -253,6 +299,8 @@ class RayExecutor:
         self.ray = ray
         self.repo = Path(repo).resolve()
         prefix = _git_prefix(self.repo)  # before ray.init: a bad repo leaves no instance
+        links = _plan(self.repo, shared, link_ignored, is_editable)
+        self.notes = list(links.skipped)
         self.retries = retries
         self._owns = False
         self._marker: Path | None = None
@@ -308,7 +356,7 @@ class RayExecutor:
             num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0
         )(RayWorker)
         isolation = None if sandbox is None else (sandbox, network)
-        self._actor_args = (prefix, threads, dict(evaluate_kwargs or {}), isolation)
+        self._actor_args = (prefix, threads, dict(evaluate_kwargs or {}), isolation, links)
         self.names = [f"r{i}" for i in range(workers)]
         self.actors = [self._actor_class.remote(name, *self._actor_args) for name in self.names]
         self._idle: deque[int] = deque(range(workers))
@@ -410,6 +458,18 @@ class RayExecutor:
         result.attempts, result.notes = attempt, [*notes, *result.notes]
         self._dispatch()
         return result
+
+
+def _plan(
+    repo: Path,
+    shared: Sequence[str] | None,
+    link_ignored: bool,
+    is_editable: Callable[[str], bool] | None,
+) -> Any:
+    from pytest_autoresearch.executors.worktree import plan_links
+
+    links = plan_links(repo, shared=shared or (), ignored=link_ignored, is_editable=is_editable)
+    return links if shared is None else links.requiring(links.shared)
 
 
 def _git_prefix(repo: Path) -> str:

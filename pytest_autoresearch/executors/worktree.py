@@ -7,6 +7,10 @@ GPUs are split one per worker by default (``gpus_per_worker``), pinned with
 CUDA_VISIBLE_DEVICES; on CPU the cores are split between the workers (OMP_NUM_THREADS and
 ``AUTORESEARCH_NUM_THREADS`` as a hint).
 
+Each worktree holds what the user's checkout holds that git does not: the ignored files
+(a dataset under ``data/``) and program.md's ``shared:`` paths are linked in from it
+(``plan_links``), read-only to evaluations (the launcher mounts the checkout read-only).
+
 Nothing is left behind: ``shutdown`` kills the evaluations still running (their process
 groups), joins the threads and removes the worktrees; worktrees of a driver killed with
 -9 are pruned when the next executor starts on the same folder (``workspace.prune_stale``).
@@ -21,7 +25,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +36,9 @@ from pytest_autoresearch.executors.base import (
     run_trial,
     worker_env,
 )
-from pytest_autoresearch.vcs.workspace import Workspace, prune_stale
+from pytest_autoresearch.vcs.workspace import Links, Workspace, ls_files, prune_stale
 
-__all__ = ["WorktreeExecutor", "detect_gpus", "plan_devices"]
+__all__ = ["WorktreeExecutor", "detect_gpus", "plan_devices", "plan_links"]
 
 POLL = 0.2  # seconds: how often a wait wakes up, so Ctrl-C is seen promptly
 
@@ -140,8 +144,14 @@ class WorktreeExecutor:
         evaluate_fn: EvaluateFn | None = None,
         evaluate_kwargs: Mapping[str, Any] | None = None,
         shared: Sequence[str] = (),
+        link_ignored: bool = True,
+        is_editable: Callable[[str], bool] | None = None,
     ) -> None:
         """``repo``: the rootdir; ``folder``: where the worktrees go (created, pruned).
+
+        Each worktree links the files git ignores in ``repo`` (``link_ignored``) and the
+        ``shared`` paths (program.md's), as ``plan_links`` says; nothing ``is_editable``
+        matches. What was left out, and why, is in ``notes`` (one line each).
 
         ``gpus``: ids to share out (None: ``detect_gpus()``); ``cpus``: cores to share out
         (None: the cores this process may use). ``evaluate_kwargs`` go to every evaluation
@@ -161,6 +171,9 @@ class WorktreeExecutor:
         self._stop = threading.Event()
         self._closed = False
         self.pruned = prune_stale(repo, self.folder)
+        links = plan_links(repo, shared=shared, ignored=link_ignored, is_editable=is_editable)
+        self.links = links
+        self.notes = list(links.skipped)
         self.names = [f"w{i}" for i in range(workers)]
         self.envs = [
             worker_env(n, threads=t, gpus=g) for n, (g, t) in zip(self.names, plan, strict=True)
@@ -171,7 +184,7 @@ class WorktreeExecutor:
         self._threads: list[threading.Thread] = []
         try:
             for name in self.names:  # one after another: git worktree add takes a lock
-                self.spaces.append(Workspace.create(repo, self.folder, name, sha, shared=shared))
+                self.spaces.append(Workspace.create(repo, self.folder, name, sha, links=links))
         except BaseException:
             self._remove_spaces()
             raise
@@ -279,3 +292,103 @@ class WorktreeExecutor:
         self.spaces = []
         with contextlib.suppress(OSError):
             self.folder.rmdir()  # the run's folder, once empty (another run may still use it)
+
+
+# -- the user's untracked files in the workers --------------------------------------------
+
+MIRROR_MAX = 1000  # entries: an ignored folder with more is linked whole (a dataset)
+# Never linked: git's and the loop's own files, bytecode, and the caches tools write as they
+# run (read-only, they would fail the run; absent, the tool makes a fresh one).
+_OWN = frozenset({".git", ".autoresearch", "__pycache__", ".pytest_cache", ".mypy_cache"})
+_CACHES = frozenset({".ruff_cache", ".hypothesis", ".tox", ".nox", ".ipynb_checkpoints"})
+
+
+def plan_links(
+    root: Path | str,
+    *,
+    shared: Sequence[str] = (),
+    ignored: bool = True,
+    is_editable: Callable[[str], bool] | None = None,
+) -> Links:
+    """What of the user's checkout at ``root`` (the rootdir) workers link to; all required.
+
+    ``ignored``: the files git ignores there, except the record, bytecode, tools' caches,
+    virtualenvs and nested repositories; a folder of at most MIRROR_MAX entries is mirrored
+    (its entries linked), a bigger one linked whole. ``shared``: program.md's untracked
+    paths, each linked whole. ``is_editable``: nothing the editable globs match is linked,
+    since a proposer editing it in a worker would write into the user's checkout.
+    """
+    root = Path(root).resolve()
+    skipped: list[str] = []
+    paths, folders = [], []
+    if ignored:
+        listed = ls_files(root, "-o", "-i", "--exclude-standard", "--directory")
+        for entry in sorted(e.rstrip("/") for e in listed):
+            kept = _linkable(root, entry, skipped)
+            if kept and (root / entry).is_dir() and not (root / entry).is_symlink():
+                inside = _first_names(root / entry, MIRROR_MAX + 1)
+                if len(inside) <= MIRROR_MAX:
+                    folders.append(entry)
+                    paths += [f"{entry}/{n}" for n in inside if _linkable(root, f"{entry}/{n}")]
+                    continue
+            if kept:
+                paths.append(entry)
+    shared = [s.strip("/") for s in shared]
+    paths = [p for p in paths if not any(p == s or p.startswith(s + "/") for s in shared)]
+    folders = [f for f in folders if not any(f == s or f.startswith(s + "/") for s in shared)]
+    paths = sorted({*paths, *shared})
+    if is_editable is not None:
+        paths = _not_editable(root, paths, is_editable, skipped)
+    return Links(
+        str(root), tuple(paths), tuple(folders), tuple(shared), tuple(paths), tuple(skipped)
+    )
+
+
+def _first_names(folder: Path, most: int) -> list[str]:
+    """Up to ``most`` names in ``folder``, sorted (a dataset folder may hold millions)."""
+    with os.scandir(folder) as it:
+        return sorted(entry.name for entry, _ in zip(it, range(most), strict=False))
+
+
+def _linkable(root: Path, rel: str, skipped: list[str] | None = None) -> bool:
+    """Is the ignored ``rel`` a file or folder a worker may link to? (Says why not.)"""
+    parts = rel.split("/")
+    path = root / rel
+    if _OWN.intersection(parts) or _CACHES.intersection(parts) or rel.endswith((".pyc", ".pyo")):
+        return False  # ours, git's, the interpreter's or a tool's: never what a metric reads
+    if (path / "CACHEDIR.TAG").exists() or (path / "pyvenv.cfg").exists():
+        return False  # a cache that says so, a virtualenv: the worker's Python is the driver's
+    why = ""
+    if (path / "conda-meta").is_dir():
+        why = "a conda environment"
+    elif os.path.lexists(path / ".git"):
+        why = "a repository of its own"
+    elif not (path.is_symlink() or path.is_file() or path.is_dir()):
+        why = "not a file or folder"
+    if why and skipped is not None:
+        skipped.append(f"{rel}: not linked into the workers ({why})")
+    return not why
+
+
+def _not_editable(
+    root: Path, paths: list[str], is_editable: Callable[[str], bool], skipped: list[str]
+) -> list[str]:
+    """``paths`` without those that hold a file the editable globs match (one line each)."""
+    folders = [p for p in paths if (root / p).is_dir()]
+    # -o without exclude rules: every untracked file, ignored ones too.
+    inside = ls_files(root, "-o", "--", *folders) if folders else []
+    linked, hits = set(paths), {}
+    for rel in [*paths, *inside]:
+        if not is_editable(rel):
+            continue
+        parts = rel.split("/")  # the linked path holding it: itself or a parent
+        top = next(("/".join(parts[:i]) for i in range(len(parts), 0, -1)
+                    if "/".join(parts[:i]) in linked), None)  # fmt: skip
+        if top is not None:
+            hits.setdefault(top, rel)
+    for top, rel in sorted(hits.items()):
+        skipped.append(
+            f"{top}: not linked into the workers ({rel} matches the editable globs, and an "
+            "edit there would write into your checkout)"
+        )
+    return [p for p in paths if p not in hits]

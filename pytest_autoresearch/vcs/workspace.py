@@ -12,8 +12,8 @@ API::
 
     ApplyError                               the candidate does not apply (its parent moved)
     WorkspaceError                           git refused; the message says what to do
-    Workspace.create(repo, folder, name, sha, *, shared=()) -> Workspace
-    Workspace.clone(bundle, folder, name)    a standalone checkout from a git bundle (Ray)
+    Workspace.create(repo, folder, name, sha, *, shared=(), links=None) -> Workspace
+    Workspace.clone(bundle, folder, name, *, links=None)  a checkout from a git bundle (Ray)
     ws.root                                  the rootdir inside it (same prefix as the repo's)
     ws.apply(parent, diff="", snapshot=None) check out parent (or snapshot), apply diff
     ws.applies(parent, diff) -> bool         would ``diff`` apply on ``parent``? (no change)
@@ -25,6 +25,17 @@ API::
     ws.remove()                              delete the worktree and its registration
     prune_stale(repo, folder) -> list[Path]  worktrees of drivers that are gone (kill -9)
     make_bundle(repo, sha) -> bytes          a git bundle holding ``sha`` and its history
+    Links(source, paths, folders, ...)      the user's untracked files a workspace links to
+    MissingLinkError                         a file to link is not on this machine (.missing)
+    ls_files(root, *args) -> list[str]       ``git ls-files -z`` (the ignored files...)
+
+What git does not hold is not in a worktree, yet the metric may need it (a dataset under a
+gitignored ``data/``): ``executors.worktree.plan_links`` lists the user's ignored files
+(and program.md's ``shared:`` paths) once, and every workspace links them from the user's checkout
+(docs/parallel.md, "Untracked files in the workers"). Links, never copies: one rule for a
+10-byte config and a 100 GB dataset, nothing to keep in step, and read-only to evaluations
+for free, since the launcher mounts the user's checkout read-only (a copy would be writable,
+and a run could change what the next candidate reads).
 
 Worktree folders are named ``<name>-<pid>``: a later run removes those whose process is
 gone, as ``evaluate.cleanup_stale`` does for evaluation folders. Git runs with hooks and
@@ -38,15 +49,19 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pytest_autoresearch.sandbox.evaluate import pid_alive
 
 __all__ = [
     "ApplyError",
+    "Links",
+    "MissingLinkError",
     "Workspace",
     "WorkspaceError",
+    "ls_files",
     "make_bundle",
     "prune_stale",
 ]
@@ -60,6 +75,14 @@ class WorkspaceError(Exception):
 
 class ApplyError(WorkspaceError):
     """The candidate's diff does not apply on the parent it was given (it went stale)."""
+
+
+class MissingLinkError(WorkspaceError):
+    """Files to link are not on this machine (a Ray node without the driver's checkout)."""
+
+    def __init__(self, message: str, missing: Sequence[str]) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
 
 
 def _git_env() -> dict[str, str]:
@@ -104,11 +127,11 @@ class Workspace:
     """One worker's checkout: a detached worktree (or a standalone clone) it owns alone."""
 
     def __init__(
-        self, path: Path, *, prefix: str = "", shared: Sequence[str] = (), owner: Path | None = None
+        self, path: Path, *, prefix: str = "", links: Links | None = None, owner: Path | None = None
     ) -> None:
         self.path = Path(path)
         self.prefix = prefix  # the rootdir relative to the work tree ("" when the same)
-        self.shared = tuple(shared)  # untracked paths linked in from the user's checkout
+        self.links = links or Links("")  # untracked paths linked in from the user's checkout
         self.owner = owner  # the repository that registered the worktree; None for a clone
         self.parent = ""  # the commit the current candidate sits on
         self.candidate = ""  # the tree of the applied candidate (what restore() goes back to)
@@ -124,13 +147,15 @@ class Workspace:
         sha: str = "HEAD",
         *,
         shared: Sequence[str] = (),
+        links: Links | None = None,
     ) -> Workspace:
         """Add a detached worktree of ``repo`` at ``sha`` under ``folder``, named after us.
 
         ``repo`` is the rootdir (or any folder inside the repository); the workspace's
-        ``root`` is the same place inside the worktree. ``shared``: untracked paths of the
-        user's checkout (relative to the rootdir: a downloaded dataset, a build) that the
-        metric needs; they are symlinked in, never copied or cleaned.
+        ``root`` is the same place inside the worktree. ``links``: the user's untracked
+        files to link in (``executors.worktree.plan_links``, made once for all workers);
+        None: only ``shared``, untracked paths relative to the rootdir. Linked, never
+        copied or cleaned.
         """
         if not _NAME.match(f"{name}-0"):
             raise ValueError(f"a workspace name is letters, digits, '.' and '_', not {name!r}")
@@ -145,27 +170,45 @@ class Workspace:
             _remove_worktree(top, path)
         sha = _out(top, "rev-parse", "--verify", "-q", sha + "^{commit}")
         _git(top, "worktree", "add", "--detach", "-q", str(path), sha)
-        ws = cls(path, prefix=prefix, shared=shared, owner=top)
+        if links is None:
+            shared = tuple(p.strip("/") for p in shared)
+            links = Links(str(repo), shared, shared=shared, required=shared)
+        ws = cls(path, prefix=prefix, links=links, owner=top)
         try:
             ws.parent, ws.candidate = sha, _out(path, "rev-parse", "HEAD^{tree}")
-            ws._link_shared(repo)
+            ws._link()
         except BaseException:
             ws.remove()  # a half-made workspace is nobody's: do not leave it behind
             raise
         return ws
 
     @classmethod
-    def clone(cls, bundle: bytes, folder: Path | str, name: str, *, prefix: str = "") -> Workspace:
+    def clone(
+        cls,
+        bundle: bytes,
+        folder: Path | str,
+        name: str,
+        *,
+        prefix: str = "",
+        links: Links | None = None,
+    ) -> Workspace:
         """A standalone repository under ``folder`` holding ``bundle``'s commits (a Ray worker).
 
         Later candidates whose parent it lacks bring their own bundle: ``fetch(bundle)``.
+        ``links``: the driver's untracked files (planned on the driver), linked from
+        the same path on this node; MissingLinkError when a required one is not there.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=f"{name}-{os.getpid()}-", dir=folder))
-        _git(path, "init", "-q")
-        ws = cls(path, prefix=prefix)
-        ws.fetch(bundle)
+        ws = cls(path, prefix=prefix, links=links)
+        try:
+            _git(path, "init", "-q")
+            ws.fetch(bundle)
+            ws._link()
+        except BaseException:
+            ws.remove()
+            raise
         return ws
 
     def fetch(self, bundle: bytes) -> None:
@@ -282,13 +325,23 @@ class Workspace:
 
     def _clean(self) -> None:
         # -x: last run's build outputs and caches must not feed the next candidate's run.
-        excludes = [f"--exclude=/{self._repo_path(s)}" for s in self.shared]
+        # Each link is kept, and what a run wrote beside it in a mirrored folder is not.
+        excludes = [f"--exclude=/{_pattern(self._repo_path(p))}" for p in self.links.paths]
         _git(self.path, "clean", "-q", "-ffdx", *excludes)
+        if self.links.paths:
+            self._link(again=True)  # a run may have deleted a link (rmtree of outputs/)
 
     def _pathspec(self) -> list[str]:
-        spec = ["."]
-        spec += [f":(exclude,literal){self._repo_path(s)}" for s in self.shared]
-        return spec
+        # A link to a folder is a file to git, so a folder-only ignore rule ("data/") does not
+        # hide it: the links git does not ignore are left out by name (naming an ignored
+        # path makes ``git add`` fail).
+        tops = [self._repo_path(s) for s in self.links.tops()]
+        if not tops:
+            return ["."]
+        listed = "\0".join(tops).encode("utf-8", "surrogateescape") + b"\0"
+        proc = _git(self.path, "check-ignore", "-z", "--stdin", input=listed, check=False)
+        ignored = set(os.fsdecode(proc.stdout).split("\0"))
+        return ["."] + [f":(exclude,literal){t}" for t in tops if t not in ignored]
 
     def _repo_path(self, rel: str) -> str:
         rel = rel.strip("/")
@@ -302,22 +355,51 @@ class Workspace:
     def _show(self, path: str) -> str:
         return path[len(self.prefix) + 1 :] if self.prefix else path
 
-    def _link_shared(self, repo_root: Path) -> None:
-        for rel in self.shared:
-            source = (repo_root / rel).resolve()
-            if not source.exists():
-                raise WorkspaceError(
-                    f"{rel} (a shared path for the workers) does not exist in {repo_root}; "
-                    "create it first or drop it from the shared paths"
-                )
-            link = self.root / rel
-            if link.exists() or link.is_symlink():
-                raise WorkspaceError(
-                    f"{rel} is tracked by git, so it cannot be shared into the workers; share "
-                    "only untracked paths (a dataset, a build folder)"
-                )
+    def _link(self, *, again: bool = False) -> None:
+        """Make the mirrored folders and the links (``again``: only the missing ones)."""
+        source = Path(self.links.source)
+        missing = [p for p in self.links.paths if not os.path.lexists(source / p)]
+        required = [p for p in missing if p in self.links.required]
+        if required and not again:
+            raise MissingLinkError(
+                f"{_shown_list(required)} (untracked, linked from {source}) not found on "
+                f"{_host()}; create it there or leave it out of the shared paths",
+                required,
+            )
+        for rel in self.links.folders:
+            (self.root / rel).mkdir(parents=True, exist_ok=True)
+        wrong = []
+        for rel in self.links.paths:
+            link, target = self.root / rel, source / rel
+            if rel in missing:
+                continue
+            if os.path.lexists(link):
+                if again and not (link.is_symlink() and os.readlink(link) == str(target)):
+                    wrong.append(rel)  # a run put its own file in place of the link
+                elif not again and rel in self.links.shared:
+                    raise WorkspaceError(
+                        f"{rel} is tracked by git, so it cannot be shared into the workers; "
+                        "share only untracked paths (a dataset, a build folder)"
+                    )
+                continue
             link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(source, target_is_directory=source.is_dir())
+            link.symlink_to(target, target_is_directory=target.is_dir())
+        if wrong:
+            self._replace(wrong, source)
+
+    def _replace(self, paths: list[str], source: Path) -> None:
+        """Put the links back where a run replaced them (the clean keeps whatever is there)."""
+        raw = _git(self.path, "ls-files", "-z", "--", *map(self._repo_path, paths)).stdout
+        tracked = set(os.fsdecode(raw).split("\0"))
+        for rel in paths:
+            if self._repo_path(rel) in tracked:
+                continue  # the candidate itself tracks a file there: git's, not ours
+            link = self.root / rel
+            if link.is_dir() and not link.is_symlink():
+                shutil.rmtree(link)
+            else:
+                link.unlink()
+            link.symlink_to(source / rel, target_is_directory=(source / rel).is_dir())
 
 
 def _bytes(diff: str) -> bytes:
@@ -365,3 +447,55 @@ def make_bundle(repo: Path | str, sha: str) -> bytes:
     pack = _git(repo, "pack-objects", "--revs", "--stdout", "-q", input=f"{full}\n".encode()).stdout
     header = f"# v2 git bundle\n{full} refs/ship/{full}\n\n".encode()
     return header + pack
+
+
+# -- the user's untracked files in the workers ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Links:
+    """The user's untracked files a worker's checkout links to (paths relative to the rootdir).
+
+    ``folders`` are real folders made in the workspace, holding links to what the user's
+    folder holds: a run may then write beside them (``outputs/``, ``lightning_logs/``) as
+    it does in the user's checkout, and the clean removes only what it wrote. ``required``:
+    paths whose absence on a machine is an error (the others are left out there).
+    """
+
+    source: str  # the rootdir the links point into (absolute)
+    paths: tuple[str, ...] = ()
+    folders: tuple[str, ...] = ()
+    shared: tuple[str, ...] = ()  # program.md's shared: among ``paths``
+    required: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()  # lines: what was not linked, and why
+
+    def tops(self) -> list[str]:
+        """The outermost linked paths and folders (what git must not list as changes)."""
+        inner = [p for p in self.paths if not any(p.startswith(f + "/") for f in self.folders)]
+        return sorted({*self.folders, *inner})
+
+    def requiring(self, paths: Collection[str]) -> Links:
+        """The same links, with only ``paths`` required (the others optional)."""
+        return replace(self, required=tuple(p for p in self.paths if p in set(paths)))
+
+
+def ls_files(root: Path | str, *args: str) -> list[str]:
+    """``git ls-files -z *args`` in ``root``: paths relative to it (e.g. the ignored files)."""
+    raw = _git(Path(root), "ls-files", "-z", *args).stdout
+    return [p for p in os.fsdecode(raw).split("\0") if p]
+
+
+def _pattern(path: str) -> str:
+    """``path`` as a literal gitignore pattern (for ``git clean --exclude``)."""
+    return "".join("\\" + c if c in "\\*?[" else c for c in path)
+
+
+def _shown_list(paths: Sequence[str], most: int = 3) -> str:
+    shown = ", ".join(paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
