@@ -73,6 +73,7 @@ class PagePlugin:
         self._tail: Any = None
         self._extras: dict[str, Any] | None = None
         self._warned = False
+        self._written = False
         self._pending: list[tuple[str, dict[str, bool]]] = []
 
     def _echo(self, line: str, **markup: bool) -> None:
@@ -109,7 +110,9 @@ class PagePlugin:
             view = self._view()
             if not view.directory.is_dir():
                 return None
-            return write_page(view.directory, view)
+            path = write_page(view.directory, view)
+            self._written = True
+            return path
         except Exception as exc:  # the page is a view: it must never stop the research
             if not self._warned:
                 self._warned = True
@@ -151,7 +154,7 @@ class PagePlugin:
         found = self.config.stash.get(RESULT_KEY, None)
         if found is not None and getattr(found[0], "record_dir", None):
             self.config.stash[_GUESSED_KEY] = Path(found[0].record_dir)  # the loop's own word
-        if found is not None or (record_dir(self.config) / "experiments.jsonl").exists():
+        if found is not None or self._written:  # a refused run leaves the record alone
             self.write()
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
