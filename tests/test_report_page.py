@@ -93,6 +93,7 @@ def test_page_says_live_then_ended(tmp_path: Path) -> None:
     page = render_page(ended)
     assert 'data-live="0"' in page and "reached 4 experiments" in page
     assert "<h2>Workers (2)</h2>" in page and "<td>w1</td>" in page
+    assert "<h3>Parameters</h3>" in page and "<code>LR</code>" in page and "---|" not in page
     assert page_version(page.encode()[:400]) == str(ended.version)
 
 

@@ -280,7 +280,8 @@ def _markdown(lines: list[str]) -> str:
 
     for line in lines:
         if line.startswith("|"):
-            table.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+            cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+            table.append([c.strip().replace("\\|", "|") for c in cells])
             continue
         flush()
         if line.startswith("#"):
