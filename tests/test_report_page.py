@@ -125,7 +125,7 @@ def test_server_serves_the_page_and_state_and_nothing_else(tmp_path: Path) -> No
         status, page, headers = _get(server.port, "/")
         assert status == 200 and page.count(b'<details class="exp"') == 5
         assert "script-src 'sha256-" in headers["Content-Security-Policy"]
-        for path in ("/experiments.jsonl", "/results.tsv", "/../../etc/passwd", "/x"):
+        for path in ("/experiments.jsonl", "/../../etc/passwd", "/x", "/tmp"):
             assert _get(server.port, path)[0] == 404
         with socket.create_connection(("127.0.0.1", server.port)) as s:  # a browser that leaves
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -296,7 +296,7 @@ def _markdown(lines: list[str]) -> str:
 def _footer(view: RunView, now: float) -> str:
     files = [
         f'<a href="{name}">{name}</a>'
-        for name in ("report.md", PLOT_NAME, "results.tsv", "experiments.jsonl")
+        for name in ("report.md", PLOT_NAME, "results.tsv")
         if (view.directory / name).exists()
     ]
     skipped = (
@@ -305,6 +305,7 @@ def _footer(view: RunView, now: float) -> str:
     return (
         f"<footer>Record <code>{esc(view.directory.name)}</code>"
         + (f" ({', '.join(files)})" if files else "")
+        + "; everything, diffs and logs uncut: experiments.jsonl beside this page"
         + f"; page written {_utc(now)}{skipped}. Regenerate with "
         f"<code>pytest --autoresearch-report {esc(view.tag)}</code>.</footer>"
     )

@@ -10,7 +10,8 @@ PageServer(directory, host="127.0.0.1", port=0, **extras)
 What it serves, and nothing else: ``/`` and ``/report.html`` (the page, rendered from the
 record as it is now, so it shows the baseline phase and experiments in flight too),
 ``/state.json`` (``{"version", "live", "experiments"}``: the page polls it and swaps itself
-in place when the version moves), and report.md / progress.png when they exist. The record
+in place when the version moves), and report.md, progress.png and results.tsv when they
+exist (not experiments.jsonl: the page shows its diffs and logs cut, as a report does). The record
 is only read (run_view), text is scrubbed, and a browser that goes away mid-answer costs a
 caught BrokenPipeError. The loop never waits on it.
 """
@@ -30,7 +31,11 @@ from pytest_autoresearch.reporting.run_view import JSONL, RecordTail
 __all__ = ["POLL_SECONDS", "PageServer"]
 
 POLL_SECONDS = 2.0  # the page's polling interval (page_assets.JS)
-_FILES = {"/report.md": "text/markdown; charset=utf-8", "/progress.png": "image/png"}
+_FILES = {
+    "/report.md": "text/markdown; charset=utf-8",
+    "/progress.png": "image/png",
+    "/results.tsv": "text/tab-separated-values; charset=utf-8",
+}
 
 
 class PageServer:
