@@ -76,6 +76,7 @@ def make_executor(
             gpus=gpus,
             evaluate_kwargs={"launcher": launcher, "tmp_root": Path(record_dir) / "tmp"},
             shared=program.shared,
+            is_editable=_editable_globs(program),
         )
     except (ValueError, WorkspaceError) as exc:
         # ValueError: plan_devices (too few GPUs), with the --autoresearch-workers that fits.
@@ -94,8 +95,22 @@ def _ray(settings: ExecutorSettings, root: Path, program: Program) -> Executor:
             gpu_optional=True,  # a CPU-only cluster: the actors ask for no GPU
             sandbox=program.sandbox,
             network=program.network,
+            shared=program.shared if "shared" in program.lines else None,
+            is_editable=_editable_globs(program),
         )
     except ImportError as exc:
         raise pytest.UsageError(str(exc)) from None
     except (ConnectionError, ValueError) as exc:
         raise pytest.UsageError(f"--autoresearch-ray {settings.ray}: {exc}") from None
+
+
+def _editable_globs(program: Program) -> Any:
+    """What program.md's editable globs match, as written: never linked into a worker.
+
+    Not ``program.is_editable``: the session has already taken the gitignored files the
+    globs match out of the editable set, and those are exactly the ones a link would expose.
+    """
+    from pytest_autoresearch.program.globs import glob_to_regex
+
+    patterns = [glob_to_regex(g) for g in program.editable]
+    return lambda path: any(p.match(path) for p in patterns)

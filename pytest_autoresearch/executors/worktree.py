@@ -336,9 +336,9 @@ def plan_links(
     shared = [s.strip("/") for s in shared]
     paths = [p for p in paths if not any(p == s or p.startswith(s + "/") for s in shared)]
     folders = [f for f in folders if not any(f == s or f.startswith(s + "/") for s in shared)]
-    paths = sorted({*paths, *shared})
-    if is_editable is not None:
+    if is_editable is not None:  # what program.md shares by name is checked when linked
         paths = _not_editable(root, paths, is_editable, skipped)
+    paths = sorted({*paths, *shared})
     return Links(
         str(root), tuple(paths), tuple(folders), tuple(shared), tuple(paths), tuple(skipped)
     )

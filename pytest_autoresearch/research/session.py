@@ -199,6 +199,8 @@ def _make_loop(
         if executor is not None:
             undo.callback(executor.shutdown)  # evaluations killed, worktrees, actors removed
             echo(_describe_executor(executor, plan.workers))
+            for note in getattr(executor, "notes", ()):  # e.g. ignored files not linked, and why
+                echo(note, yellow=True)
         loop = ResearchLoop(
             settings,
             executor=executor,
