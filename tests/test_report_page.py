@@ -303,6 +303,11 @@ def test_a_real_run_live_under_serve_then_from_the_file(browser, pytester: pytes
         )  # the run's end (or its server going away) is on the page
         # Once the run is over its server is gone: the page's last polls are refused.
         assert [p for p in problems if "net::ERR_CONNECTION_" not in p] == []
+    except Exception as exc:  # say what the run printed, not only what the browser saw
+        proc.kill()
+        proc.wait()
+        log.flush()
+        raise AssertionError((root / "run.log").read_text()[-3000:]) from exc
     finally:
         if proc.poll() is None:
             proc.kill()
