@@ -48,9 +48,11 @@ class Plan:
 def run_research_session(session: pytest.Session) -> None:
     """Run the research loop over the collected metric tests (called from runtestloop)."""
     from pytest_autoresearch import publish
+    from pytest_autoresearch.reporting import page_plugin
 
     echo = _echo_for(session.config)
     plan = _plan(session, echo)
+    session.config.stash[page_plugin.RECORD_KEY] = (plan.record_dir, plan.program)
     with Lock(git_dir(plan.root) or plan.record_dir):
         # Everything that writes into the record comes after the lock: a refused second
         # run must leave no trace.
