@@ -32,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -43,13 +41,17 @@ from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch.executors.base import Trial, TrialResult, run_trial, worker_env
+from pytest_autoresearch.executors.ray_leftovers import (
+    CLONE_DIR,
+    _mark_local_instance,
+    _prune_clones,
+    reap_local_leftovers,
+)
 
 __all__ = ["RayExecutor", "RayWorker", "import_ray", "reap_local_leftovers"]
 
 POLL = 0.2  # seconds per ray.wait, so Ctrl-C and the caller's timeout are seen promptly
 RETRIES = 1  # a trial whose worker was lost runs once more, then it is a crash
-CLONE_DIR = "autoresearch-ray"  # under the node's temp folder
-_CLONE = re.compile(r"^r\d+-(?P<pid>\d+)-")
 
 
 def import_ray() -> Any:
@@ -182,79 +184,6 @@ def _host() -> str:
     return socket.gethostname()
 
 
-def _mark_local_instance(ray: Any) -> Path | None:
-    """Note the session folder of the local instance this driver started, by driver pid.
-
-    A driver killed with -9 takes Ray's GCS and raylet with it, but not every helper process
-    they started (the dashboard and runtime-env agents outlive it); the next RayExecutor
-    finds them by this note (``reap_local_leftovers``). Only instances we started are noted:
-    a cluster started with ``ray start`` is never touched.
-    """
-    try:
-        session = ray._private.worker._global_node.get_session_dir_path()
-    except Exception:  # a private API: without it there is nothing to note
-        return None
-    folder = Path(tempfile.gettempdir()) / CLONE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    marker = folder / f"local-{os.getpid()}.session"
-    marker.write_text(str(session))
-    return marker
-
-
-def reap_local_leftovers(folder: Path | None = None) -> list[int]:
-    """Kill what is left of local instances whose driver is gone; the pids killed (Linux)."""
-    folder = folder or Path(tempfile.gettempdir()) / CLONE_DIR
-    killed: list[int] = []
-    if not folder.is_dir() or not Path("/proc").is_dir():
-        return killed
-    from pytest_autoresearch.sandbox.evaluate import pid_alive
-
-    for marker in folder.glob("local-*.session"):
-        pid = marker.stem.removeprefix("local-")
-        if not pid.isdigit() or pid_alive(int(pid)):
-            continue
-        session = marker.read_text().strip()
-        if session:
-            killed += _kill_holding(session)
-        marker.unlink(missing_ok=True)
-    return killed
-
-
-def _kill_holding(folder: str) -> list[int]:
-    """SIGKILL every process (of ours) with a file open under ``folder``."""
-    killed = []
-    prefix = folder.rstrip("/") + "/"
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{entry}/fd")
-            held = any(os.readlink(f"/proc/{entry}/fd/{fd}").startswith(prefix) for fd in fds)
-        except OSError:
-            continue
-        if held:
-            with contextlib.suppress(OSError):
-                os.kill(int(entry), 9)
-                killed.append(int(entry))
-    return killed
-
-
-def _prune_clones(folder: Path) -> None:
-    """Checkouts left by actors that were killed (a lost worker, a killed driver)."""
-    if not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        m = _CLONE.match(path.name)
-        if m is None:
-            continue
-        try:
-            os.kill(int(m["pid"]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 class RayExecutor:
     """``workers`` Ray actors measuring trials; see the module docstring."""
 
@@ -306,47 +235,8 @@ class RayExecutor:
         self._marker: Path | None = None
         self.reaped = reap_local_leftovers()  # a local instance of a driver killed with -9
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {
-                "include_dashboard": False,
-                "logging_level": logging.WARNING,
-                "log_to_driver": False,  # evaluations' output is in their log tails
-            }
-            if runtime_env:
-                kwargs["runtime_env"] = dict(runtime_env)
-            if address == "local":
-                # Sized for the workers asked for; none asked for: the whole machine.
-                if workers is not None:
-                    kwargs["num_cpus"] = max(1, int(round(workers * num_cpus)))
-                if workers is not None and not gpu_optional:
-                    kwargs["num_gpus"] = int(round(workers * num_gpus))
-                self._owns = True
-            else:
-                kwargs["address"] = address
-            try:
-                ray.init(**kwargs)
-                if self._owns:
-                    self._marker = _mark_local_instance(ray)
-            except ConnectionError as exc:
-                raise ConnectionError(
-                    f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start "
-                    "--head) or use --autoresearch-ray local"
-                ) from None
-        cluster_gpus = ray.cluster_resources().get("GPU", 0) if gpu_optional or not workers else 0
-        if gpu_optional and not cluster_gpus:
-            num_gpus = 0
-        if workers is None:
-            if cluster_gpus and num_gpus:
-                workers = max(1, int(cluster_gpus // num_gpus))
-            else:
-                cpus = ray.cluster_resources().get("CPU", 1)
-                workers = max(1, int(cpus // max(num_cpus, 1e-9)))
-        if self._owns and cluster_gpus and workers * num_gpus > cluster_gpus:
-            ray.shutdown()  # this machine will not grow: the extra actors would wait forever
-            raise ValueError(
-                f"{workers} workers with {num_gpus:g} GPU(s) each need {workers * num_gpus:g} "
-                f"GPUs, and this machine has {cluster_gpus:g}; use --autoresearch-workers "
-                f"{max(1, int(cluster_gpus // num_gpus))} or set gpus_per_worker: in program.md"
-            )
+            self._init(address, workers, num_cpus, num_gpus, gpu_optional, runtime_env)
+        workers, num_gpus = self._size(workers, num_cpus, num_gpus, gpu_optional)
         self.capacity = workers
         self.num_gpus = num_gpus
         threads = max(1, int(num_cpus))
@@ -414,6 +304,65 @@ class RayExecutor:
         self.shutdown()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _init(
+        self,
+        address: str,
+        workers: int | None,
+        num_cpus: float,
+        num_gpus: float,
+        gpu_optional: bool,
+        runtime_env: Mapping[str, Any] | None,
+    ) -> None:
+        """Start a local instance (sized for the workers) or connect to ``address``."""
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            "log_to_driver": False,  # evaluations' output is in their log tails
+        }
+        if runtime_env:
+            kwargs["runtime_env"] = dict(runtime_env)
+        if address == "local":
+            # Sized for the workers asked for; none asked for: the whole machine.
+            if workers is not None:
+                kwargs["num_cpus"] = max(1, int(round(workers * num_cpus)))
+            if workers is not None and not gpu_optional:
+                kwargs["num_gpus"] = int(round(workers * num_gpus))
+            self._owns = True
+        else:
+            kwargs["address"] = address
+        try:
+            self.ray.init(**kwargs)
+            if self._owns:
+                self._marker = _mark_local_instance(self.ray)
+        except ConnectionError as exc:
+            raise ConnectionError(
+                f"cannot reach the Ray cluster at {address!r} ({exc}); start it (ray start "
+                "--head) or use --autoresearch-ray local"
+            ) from None
+
+    def _size(
+        self, workers: int | None, num_cpus: float, num_gpus: float, gpu_optional: bool
+    ) -> tuple[int, float]:
+        """(workers, GPUs per worker) from what was asked and what the cluster holds."""
+        ray = self.ray
+        cluster_gpus = ray.cluster_resources().get("GPU", 0) if gpu_optional or not workers else 0
+        if gpu_optional and not cluster_gpus:
+            num_gpus = 0
+        if workers is None:
+            if cluster_gpus and num_gpus:
+                workers = max(1, int(cluster_gpus // num_gpus))
+            else:
+                cpus = ray.cluster_resources().get("CPU", 1)
+                workers = max(1, int(cpus // max(num_cpus, 1e-9)))
+        if self._owns and cluster_gpus and workers * num_gpus > cluster_gpus:
+            ray.shutdown()  # this machine will not grow: the extra actors would wait forever
+            raise ValueError(
+                f"{workers} workers with {num_gpus:g} GPU(s) each need {workers * num_gpus:g} "
+                f"GPUs, and this machine has {cluster_gpus:g}; use --autoresearch-workers "
+                f"{max(1, int(cluster_gpus // num_gpus))} or set gpus_per_worker: in program.md"
+            )
+        return workers, num_gpus
 
     def _bundle(self, commit: str) -> Any:
         ref = self._bundles.get(commit)

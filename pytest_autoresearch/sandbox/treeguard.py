@@ -445,3 +445,8 @@ def remove_path(target: Path, stop: Path | None = None) -> None:
         except OSError:
             break
         parent = parent.parent
+
+
+def remove_file(workdir: Path, path: str) -> None:
+    """Remove one untracked file and the directories it leaves empty (never the work tree)."""
+    remove_path(workdir / path, stop=workdir)

@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_autoresearch.sandbox.treeguard import remove_file
 from pytest_autoresearch.vcs.gitutil import (
     Entry,
     VcsError,
     chunks,
     git_errors,
-    remove_file,
     stat_key,
 )
 

@@ -1,6 +1,6 @@
-"""Git plumbing for vcs.py: errors, the safe environment, status parsing, small helpers.
+"""Git plumbing for vcs/repo.py: errors, the safe environment, status parsing, small helpers.
 
-Nothing here keeps state; ``ResearchRepo`` (vcs.py) and the workspaces use it.
+Nothing here keeps state; ``ResearchRepo`` (vcs/repo.py) and the workspaces use it.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from pytest_autoresearch.sandbox.treeguard import remove_path
 
 # Config every git command of the loop runs with: experiment code may have written hooks
 # or an fsmonitor into the repository, and our commits, resets and checkouts must never
@@ -164,11 +162,6 @@ def stat_key(path: Path) -> tuple[int, int, int]:
     except OSError:
         return (-1, -1, -1)
     return (st.st_mode, st.st_size, st.st_mtime_ns)
-
-
-def remove_file(workdir: Path, path: str) -> None:
-    """Remove one untracked file and the directories it leaves empty (never the work tree)."""
-    remove_path(workdir / path, stop=workdir)
 
 
 def chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_autoresearch.sandbox.fingerprint import Fingerprint
-from pytest_autoresearch.sandbox.treeguard import TreeGuard, Unrestorable
+from pytest_autoresearch.sandbox.treeguard import TreeGuard, Unrestorable, remove_file
 from pytest_autoresearch.vcs.branch import ResearchBranch
 from pytest_autoresearch.vcs.candidate import CandidateCommits
 from pytest_autoresearch.vcs.gitutil import (
@@ -60,7 +60,6 @@ from pytest_autoresearch.vcs.gitutil import (
     git_errors,
     git_message,
     open_repo,
-    remove_file,
     safe_git_env,
     short_list,
 )
