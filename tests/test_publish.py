@@ -418,7 +418,12 @@ def test_nightly_run_opens_then_updates_its_pull_request(
     ), pr["title"]
     assert "move X to 5" in pr["body"] and "X = 3" in pr["body"]
     assert pr["base"]["ref"] == "main" and pr["head"]["ref"] == BRANCH
-    assert summary.read_text().startswith(body_mod.MARKER)
+    summary_text = summary.read_text()
+    assert summary_text.startswith(body_mod.MARKER)
+    # The job summary embeds the chart (Mermaid, rendered by GitHub): 3 experiments, 2 kept.
+    chart = summary_text[summary_text.index("```mermaid") :]
+    assert "xychart-beta" in chart and 'x-axis "experiment" [1, 2, 3]' in chart
+    assert "report.html" in pr["body"]  # the page, in the run's artifacts
     assert gh.api_calls()[0] == ("GET", f"/repos/{REPO}")  # checked before any experiment
     assert gh.problems == []
     result.stdout.fnmatch_lines(
@@ -571,3 +576,21 @@ def test_workflows_parse_and_run_only_options_that_exist(pytester: pytest.Pytest
     gate = seen["autoresearch-metrics.yml", "-m"]
     assert gate.getoption("markexpr") == "metric"
     assert gate.getoption("metrics_compare") == "main" and gate.getoption("metrics_fail") == 5.0
+
+
+def test_the_summary_chart_thins_a_long_run_and_leaves_out_crashes() -> None:
+    class Result:
+        objective, baseline = "val_bpb", 3.0
+
+    records = [
+        {"index": i, "objective": 3.0 - i / 1000, "best_after": 3.0 - i / 1000, "status": "keep"}
+        for i in range(1, 451)
+    ]
+    records[9] = {"index": 10, "objective": None, "status": "crash"}
+    lines = body_mod.chart(Result(), records)
+    assert lines[0] == "```mermaid" and lines[-1] == "```"
+    xs = lines[3].split("[", 1)[1].rstrip("]").split(", ")
+    assert len(xs) == body_mod.CHART_POINTS and xs[0] == "1" and xs[-1] == "450"
+    assert "10" not in xs  # the crash has no value to draw
+    assert len(lines[5].split(",")) == len(lines[6].split(",")) == body_mod.CHART_POINTS
+    assert body_mod.chart(Result(), records[:1]) == []  # one point is no chart

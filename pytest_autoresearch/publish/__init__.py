@@ -106,9 +106,8 @@ def after_run(session: pytest.Session, repo: Any, echo: Callable[..., None]) -> 
         from pytest_autoresearch.publish.github import run_url
 
         base = _base(repo) or "?"
-        write_step_summary(
-            body.body(result, records, branch=repo.branch, base=base, record_url=run_url())
-        )
+        text = body.body(result, records, branch=repo.branch, base=base, record_url=run_url())
+        write_step_summary("\n".join([text, "", *body.chart(result, records)]))
     if not pr_enabled(config):
         return
     why_not = publish_reason(result, records, failed=session.testsfailed > 0)

@@ -282,7 +282,9 @@ def body(
         "",
         f"Every experiment (kept or not), its diff, samples, decision and log tail: "
         f"`experiments.jsonl`, `results.tsv`, `report.md` and `progress.png` in "
-        f"`{record_dir or '.autoresearch/<tag>'}`, on {where}.",
+        f"`{record_dir or '.autoresearch/<tag>'}`, on {where}. Open `report.html` from there "
+        "in a browser for the whole run on one page (no network needed): the chart, every "
+        "experiment with its diff and log tail, the workers, what was learned.",
         "",
         "_Opened by pytest-autoresearch: a rerun of this research branch updates this pull "
         "request; a new run on another branch supersedes it._",
@@ -291,3 +293,45 @@ def body(
     if len(text) > MAX_BODY:
         text = text[: MAX_BODY - 80] + "\n\n… (cut to fit GitHub's limit; see the full record)"
     return text
+
+
+CHART_POINTS = 200  # Mermaid draws every point: a longer run is thinned evenly
+
+
+def chart(result: Any, records: Sequence[dict[str, Any]]) -> list[str]:
+    """The objective per experiment and the best kept so far, as a Mermaid chart.
+
+    GitHub renders Mermaid in Markdown (job summaries and pull requests alike), so the
+    chart needs no image upload. Experiments without a value (crashes) are left out.
+    """
+    objective = str(getattr(result, "objective", "objective"))
+    points = [
+        (r.get("index"), r["objective"], r.get("best_after"))
+        for r in sorted(records, key=lambda r: r.get("index") or 0)
+        if _finite(r.get("objective"))
+    ]
+    if len(points) < 2:
+        return []
+    if len(points) > CHART_POINTS:
+        step = len(points) / CHART_POINTS
+        points = [points[int(i * step)] for i in range(CHART_POINTS - 1)] + [points[-1]]
+    baseline = getattr(result, "baseline", None)
+    best = [b if _finite(b) else baseline for _, _, b in points]
+    values = [v for _, v, _ in points] + [b for b in best if _finite(b)]
+    low, high = min(values), max(values)
+    pad = (high - low) * 0.05 or abs(high) * 0.01 or 1.0
+
+    def num(x: float) -> str:
+        return f"{x:.6g}"
+
+    name = objective.replace('"', "'")
+    return [
+        "```mermaid",
+        "xychart-beta",
+        f'    title "{name} per experiment (line: best kept so far)"',
+        f'    x-axis "experiment" [{", ".join(str(i) for i, _, _ in points)}]',
+        f'    y-axis "{name}" {num(low - pad)} --> {num(high + pad)}',
+        f"    bar [{', '.join(num(v) for _, v, _ in points)}]",
+        f"    line [{', '.join(num(b) if _finite(b) else num(low) for b in best)}]",
+        "```",
+    ]
