@@ -29,6 +29,8 @@ RESULT_KEY = pytest.StashKey[Any]()
 # Where each option's value came from ("--autoresearch-NAME", "ini" or "default"), noted
 # the first time it is read: pytest_configure then writes the value back into config.option.
 _SOURCES_KEY = pytest.StashKey[dict[str, str]]()
+# An outside agent's --autoresearch-try: its carry file, tag and verdict (research/agent_try.py).
+TRY_KEY = pytest.StashKey[Any]()
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _N_FLAGS = ("-n", "--numprocesses")
@@ -129,6 +131,16 @@ def _serve_address(text: str) -> tuple[str, int]:
 def report_tag(text: str) -> str:
     """--autoresearch-report TAG: a tag as --autoresearch-tag accepts it."""
     return _tag(text)
+
+
+def try_description(text: str) -> str:
+    """--autoresearch-try TEXT: one line that says what the agent changed (the record's)."""
+    line = " ".join(text.split())
+    if not line:
+        raise argparse.ArgumentTypeError(
+            'say in one line what you changed, e.g. --autoresearch-try "halve the learning rate"'
+        )
+    return line[:300]
 
 
 def _usd(text: str) -> float:

@@ -17,8 +17,10 @@ from pytest_autoresearch.program.options import (
     _N_FLAGS,
     _OPTIONS,
     RESULT_KEY,
+    TRY_KEY,
     option,
     report_tag,
+    try_description,
 )
 
 
@@ -50,6 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="regenerate report.md, progress.png and report.html of the record "
         ".autoresearch/TAG from its journal, then exit without collecting or running anything",
     )
+    _add_agent_commands(group)
     for name, type_, _default, help_text in _OPTIONS:
         flag = "--autoresearch-" + name.replace("_", "-")
         group.addoption(
@@ -61,6 +64,41 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             help=help_text,
         )
         parser.addini("autoresearch_" + name, f"default for {flag}", default=None)
+
+
+def _add_agent_commands(group: Any) -> None:
+    """Commands for outside agents (docs/agents.md): no ini keys, like --autoresearch-report."""
+    group.addoption(
+        "--autoresearch-try",
+        dest="autoresearch_try",
+        type=try_description,
+        default=None,
+        metavar="DESCRIPTION",
+        help="judge the uncommitted change in the checkout as one experiment of the run "
+        "(scope check, isolated evaluation, keep rule); prints 'autoresearch-try: VERDICT ...' "
+        "and exits 0 keep, 1 discard, 2 crash or refused, 3 usage error",
+    )
+    group.addoption(
+        "--autoresearch-json",
+        action="store_true",
+        default=False,
+        help="with --autoresearch-try or --autoresearch-status: also print one JSON object "
+        "(one line) an agent can parse",
+    )
+    group.addoption(
+        "--autoresearch-status",
+        action="store_true",
+        default=False,
+        help="print where the run of the tag stands (best, noise, the last experiments, "
+        "NOTES.md) from its journal, without collecting or running anything",
+    )
+    group.addoption(
+        "--autoresearch-init",
+        action="store_true",
+        default=False,
+        help="write program.md from the collected metric tests, and an AGENTS.md section "
+        "telling an agent how to loop with --autoresearch-try; never overwrites a file",
+    )
 
 
 # pytest-xdist's distribution options (they take a value) and their "--opt=value" forms.
@@ -90,8 +128,15 @@ def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) 
     test distribution, which a research session does not do, so they are dropped rather
     than taken as a number of experiments (or refused).
     """
-    if "--autoresearch" not in args:
+    trying = not os.environ.get("AUTORESEARCH_EVAL") and any(
+        a == "--autoresearch-try" or a.startswith("--autoresearch-try=") for a in args
+    )
+    if "--autoresearch" not in args and not trying:
         return
+    if trying and "--autoresearch" not in args:  # out of the tree before any conftest imports it
+        from pytest_autoresearch.research.agent_try import prepare
+
+        prepare(early_config)
     cli = list(early_config.invocation_params.args)
     n_cli = len(cli)
     tail_matches = n_cli <= len(args) and args[len(args) - n_cli :] == cli
@@ -129,6 +174,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     """--autoresearch-report TAG: the reports from a record, nothing run."""
+    if config.getoption("autoresearch_status", False):
+        from pytest_autoresearch.research.status import show_status
+
+        return show_status(config)
     tag = config.getoption("autoresearch_report", None)
     if tag is None:
         return None
@@ -143,11 +192,22 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    trying = config.stash.get(TRY_KEY, None)
+    if config.getoption("autoresearch_try", None) is not None and config.getoption("autoresearch"):
+        raise pytest.UsageError(
+            "--autoresearch-try judges one change an agent made; --autoresearch runs the "
+            "loop with a proposer. Give one of them"
+        )
+    if trying is not None:
+        config.option.autoresearch = True  # a try is one experiment of a research run
     if not config.getoption("autoresearch"):
         return
     # Resolve ini keys and defaults once, so everyone reads them with config.getoption().
     for name, *_rest in _OPTIONS:
         setattr(config.option, "autoresearch_" + name, option(config, name))
+    if trying is not None:
+        config.option.autoresearch_tag = trying.tag or config.option.autoresearch_tag
+        config.option.autoresearch_proposer = "working-tree"
     if config.pluginmanager.has_plugin("dsession"):
         # Only reachable if xdist was told to distribute in some way we did not rewrite.
         raise pytest.UsageError(
@@ -160,13 +220,30 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> bool | None:
+    """A try stopped before the loop: collect nothing (the agent's code stays unimported)."""
+    trying = session.config.stash.get(TRY_KEY, None)
+    return True if trying is not None and trying.error is not None else None
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> bool | None:
     config = session.config
+    if config.getoption("autoresearch_init", False) and not config.option.collectonly:
+        from pytest_autoresearch.research.init_program import write_starting_point
+
+        write_starting_point(session)
+        return True
     if not config.getoption("autoresearch") or config.option.collectonly:
         return None
     if os.environ.get("AUTORESEARCH_EVAL"):
         # An evaluation subprocess (e.g. --autoresearch in PYTEST_ADDOPTS): run tests, no loop.
         return None
+    if config.stash.get(TRY_KEY, None) is not None:
+        from pytest_autoresearch.research.agent_try import run_try
+
+        run_try(session)
+        return True
     from pytest_autoresearch.research.session import run_research_session
 
     run_research_session(session)
@@ -188,6 +265,30 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(line, red=line.startswith("WARNING"))
 
 
+@pytest.hookimpl(trylast=True, specname="pytest_terminal_summary")
+def pytest_terminal_summary_try(terminalreporter: Any, config: pytest.Config) -> None:
+    """A try's verdict, last: the line an agent greps for (``autoresearch-try: ...``)."""
+    trying = config.stash.get(TRY_KEY, None)
+    if trying is None:
+        return
+    from pytest_autoresearch.research.agent_try import verdict_lines
+
+    for line in verdict_lines(trying):
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A try's exit code (0 keep, 1 discard, 2 crash or refused, 3 usage); init's (0 or 3)."""
+    trying = session.config.stash.get(TRY_KEY, None)
+    code = trying.exit_code if trying is not None else None
+    if session.config.getoption("autoresearch_init", False):
+        from pytest_autoresearch.research.init_program import INIT_KEY
+
+        code = session.config.stash.get(INIT_KEY, None)
+    if code is not None:
+        session.exitstatus = code
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_autoresearch_make_proposer(name: str, config: pytest.Config):
     """The built-in proposers."""
@@ -203,6 +304,10 @@ def pytest_autoresearch_make_proposer(name: str, config: pytest.Config):
         from pytest_autoresearch.proposers import openai
 
         return openai.build(config)
+    if name == "working-tree":
+        from pytest_autoresearch.proposers import working_tree
+
+        return working_tree.build(config)
     return None
 
 

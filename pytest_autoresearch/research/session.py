@@ -104,8 +104,12 @@ def _plan(session: pytest.Session, echo: Any) -> Plan:
     )
 
 
-def _run(session: pytest.Session, plan: Plan, echo: Any) -> Any:
-    """Build the parts, run the loop, report; every part put back in reverse order."""
+def _run(session: pytest.Session, plan: Plan, echo: Any, *, stay: bool = False) -> Any:
+    """Build the parts, run the loop, report; every part put back in reverse order.
+
+    ``stay``: end on the research branch (its best commit, a clean tree) instead of the
+    user's branch: an outside agent's next change must start from the best (agent_try.py).
+    """
     from pytest_autoresearch.research.journal import JournalError
     from pytest_autoresearch.research.loop import LoopError
     from pytest_autoresearch.vcs.repo import VcsError
@@ -114,7 +118,7 @@ def _run(session: pytest.Session, plan: Plan, echo: Any) -> Any:
         undo.callback(plan.proposer.close)
         launcher = _launcher(plan)
         echo(launcher.describe())
-        journal, repo = _start_branch(plan, undo, echo)
+        journal, repo = _start_branch(plan, undo, echo, stay=stay)
         loop = _make_loop(session.config, plan, launcher, journal, repo, echo, undo)
         try:
             if loop.run().failed:
@@ -148,8 +152,11 @@ def _launcher(plan: Plan) -> Any:
     return launcher
 
 
-def _start_branch(plan: Plan, undo: contextlib.ExitStack, echo: Any) -> tuple[Any, Any]:
-    """The journal read back and the research branch checked out (``repo.finish`` undoes)."""
+def _start_branch(
+    plan: Plan, undo: contextlib.ExitStack, echo: Any, *, stay: bool = False
+) -> tuple[Any, Any]:
+    """The journal read back and the research branch checked out (``repo.finish`` undoes;
+    with ``stay``, ``repo.restore``: the tree clean, the research branch still checked out)."""
     from pytest_autoresearch.research.journal import Journal, JournalError
     from pytest_autoresearch.vcs.repo import ResearchRepo, VcsError
 
@@ -161,7 +168,7 @@ def _start_branch(plan: Plan, undo: contextlib.ExitStack, echo: Any) -> tuple[An
         info = repo.start(in_flight=state.unfinished is not None or bool(state.decided))
     except (VcsError, JournalError) as exc:
         raise pytest.UsageError(str(exc)) from None
-    undo.callback(repo.finish)
+    undo.callback(repo.restore if stay else repo.finish)
     if info.ignored_editable:  # a commit would silently drop them: never editable
         plan.program = plan.program.with_protected(
             dict.fromkeys(info.ignored_editable, "ignored by git")
