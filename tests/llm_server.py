@@ -36,6 +36,15 @@ class Reply:
 
 
 @dataclass
+class Cut:
+    """A streamed Messages answer cut after ``events`` SSE events: the connection drops
+    in the middle of a chunk, as when a proxy or the network gives up mid-stream."""
+
+    body: dict
+    events: int = 3
+
+
+@dataclass
 class Request:
     method: str
     path: str
@@ -76,6 +85,11 @@ class LLMServer:
                     raw,
                 )
                 reply = server._answer(req)
+                if isinstance(reply, Cut):
+                    return self._stream(reply.body, reply.events)
+                streamed = isinstance(body, dict) and body.get("stream") is True
+                if streamed and reply.status == 200 and _is_message(reply.body):
+                    return self._stream(reply.body, None)
                 data = json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 self.send_header("content-type", "application/json")
@@ -84,6 +98,22 @@ class LLMServer:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _stream(self, msg: dict, cut_after: int | None) -> None:
+                """The message as server-sent events, chunked; cut after some if asked."""
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                for i, (name, data) in enumerate(sse_events(msg)):
+                    if cut_after is not None and i >= cut_after:
+                        self.wfile.write(b"40\r\nevent: content_block_delta\ndata: {")
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    payload = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                    self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
 
             do_GET = do_POST = _handle
 
@@ -114,15 +144,16 @@ class LLMServer:
                 )
             if not self.script:
                 self.unexpected.append(f"{req.method} {req.path}")
+                # A 400, not a 5xx: a transient error would be retried until the outage.
                 return Reply(
-                    500,
-                    error_body(500, "api_error", "script exhausted"),
+                    400,
+                    error_body(400, "invalid_request_error", "script exhausted"),
                     {"x-should-retry": "false"},
                 )
             entry = self.script.pop(0)
         if callable(entry):
             entry = entry(req)
-        return entry if isinstance(entry, Reply) else Reply(200, entry)
+        return entry if isinstance(entry, (Reply, Cut)) else Reply(200, entry)
 
     def add(self, *entries: Any) -> LLMServer:
         self.script.extend(entries)
@@ -196,6 +227,46 @@ def message(*blocks: dict, stop_reason: str | None = None, usage: dict | None = 
             "cache_read_input_tokens": 0,
         },
     }
+
+
+def _is_message(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("type") == "message"
+
+
+def sse_events(msg: dict) -> list[tuple[str, dict]]:
+    """A Messages API answer as the stream of events the API sends for it."""
+    usage = dict(msg["usage"])
+    start = {**msg, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+    events: list[tuple[str, dict]] = [
+        ("message_start", {"type": "message_start", "message": start})
+    ]
+    for i, block in enumerate(msg["content"]):
+        kind = block["type"]
+        if kind == "text":
+            first, delta = (
+                {"type": "text", "text": ""},
+                {"type": "text_delta", "text": block["text"]},
+            )
+        elif kind == "tool_use":
+            first = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        else:  # thinking and others: sent whole at the start
+            first, delta = block, None
+        events.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": i, "content_block": first},
+            )
+        )
+        if delta is not None:
+            events.append(
+                ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
+            )
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
+    end = {"stop_reason": msg["stop_reason"], "stop_sequence": None}
+    events.append(("message_delta", {"type": "message_delta", "delta": end, "usage": usage}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return events
 
 
 def tool_results(req: Request) -> list[dict]:

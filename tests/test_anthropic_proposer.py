@@ -16,6 +16,7 @@ from pytest_autoresearch.proposers.base import (
     PastExperiment,
     ProposerError,
     ProposerFatal,
+    ProposerUnavailable,
 )
 
 try:
@@ -161,17 +162,19 @@ def test_refused_edits_come_back_as_errors_and_the_exchange_goes_on(server, root
     assert "BATCH = 64" in (root / "train.py").read_text()
 
 
-def test_no_edit_is_a_proposer_error_and_its_cost_is_billed_next(server, root):
+def test_no_edit_is_a_proposer_error_that_carries_its_cost(server, root):
     server.add(message(edit("view", "train.py")), message(text("I would not change anything.")))
     p = proposer(server)
-    with pytest.raises(ProposerError, match="the model made no edit"):
+    with pytest.raises(ProposerError, match="the model made no edit") as info:
         p.propose(make_ctx(root))
+    # 2 calls wasted, 1000 in / 100 out each at $2 / $10 per million: billed with the error
+    # (the loop puts it on the "error" record at once), never carried to the next proposal.
+    assert info.value.cost.input_tokens == 2000
+    assert info.value.cost.usd == pytest.approx(0.006)
     server.add(*improve_lr())
     proposal = p.propose(make_ctx(root, experiment=2))
-    # 2 calls wasted + 3 calls now, 1000 in / 100 out each at $2 / $10 per million.
-    assert proposal.cost.input_tokens == 5000 and proposal.cost.output_tokens == 500
-    assert proposal.cost.usd == pytest.approx(5 * (1000 * 2 + 100 * 10) / 1e6)
-    assert proposal.extra["carried_usd"] == pytest.approx(0.006)
+    assert proposal.cost.input_tokens == 3000 and proposal.cost.output_tokens == 300
+    assert "carried_usd" not in proposal.extra
 
 
 def test_turn_cap_stops_the_exchange(server, root):
@@ -190,11 +193,13 @@ def test_crash_repair_gets_the_log_tail_and_fixes_on_the_second_attempt(server, 
     ctx = make_ctx(root)
     first = p.propose(ctx)
     assert first.description == "scale by lr"
-    # Attempt 1: the model looks but cannot fix it -> None.
+    # Attempt 1: the model looks but cannot fix it: an error that carries the call's cost.
     server.add(message(text("I do not see the problem.")))
     log = "Traceback (most recent call last):\n  File train.py, line 6\n"
     log += "NameError: name 'lr' is not defined"
-    assert p.repair(ctx, Failure("crash", "NameError in test_loss", log)) is None
+    with pytest.raises(ProposerError, match="no further edit") as info:
+        p.repair(ctx, Failure("crash", "NameError in test_loss", log))
+    assert info.value.cost.input_tokens == 1000
     told = server.requests[-1].body["messages"]
     assert len(told) == 5  # the whole exchange so far, then the failure
     note = told[-1]["content"][-1]["text"]
@@ -209,8 +214,8 @@ def test_crash_repair_gets_the_log_tail_and_fixes_on_the_second_attempt(server, 
     assert fixed is not None and fixed.description == "scale LR*BATCH by 2"
     assert "LR * BATCH * 2" in (root / "train.py").read_text()
     assert "Repair attempt 2" in server.requests[-2].body["messages"][-1]["content"][-1]["text"]
-    # Its cost is its own two calls plus the failed attempt's one.
-    assert fixed.cost.input_tokens == 3000
+    # Its cost is its own two calls (the failed attempt's was billed with its error).
+    assert fixed.cost.input_tokens == 2000
     p.observe(ctx, fixed, Outcome("keep", 0.4, "improved"))
     assert p._threads == {}  # the candidate ended: its conversation is closed
 
@@ -295,12 +300,9 @@ def test_429_then_success_is_retried_by_the_sdk(server, root):
 
 def test_persistent_overload_is_a_proposer_error(server, root):
     server.add(*[api_error(529, "overloaded_error", "Overloaded") for _ in range(3)])
-    with pytest.raises(ProposerError) as info:
+    with pytest.raises(ProposerUnavailable) as info:  # the loop retries it later
         proposer(server, max_retries=2).propose(make_ctx(root))
-    assert str(info.value) == (
-        "the Anthropic API kept answering overloaded (529) after 2 retries; "
-        "this experiment is skipped"
-    )
+    assert str(info.value) == "the Anthropic API kept answering overloaded (529) after 2 retries"
     assert len(server.posts()) == 3 and (root / "train.py").read_text() == TRAIN
 
 
@@ -437,7 +439,8 @@ def test_build_reads_options_and_the_environment(pytester, server, root, monkeyp
         "3",
     )
     p = ar.build(config)
-    assert (p.model, p.max_tokens, p.max_turns, p.thinking) == ("claude-opus-5-5", 2048, 3, 0)
+    # Thinking: adaptive by default on a model that takes it.
+    assert (p.model, p.max_tokens, p.max_turns, p.thinking) == ("claude-opus-5-5", 2048, 3, 1)
     assert p.prices == (4.0, 20.0, 5.0, 0.4)
     p.max_retries = p.client.max_retries = 0
     server.add(*improve_lr())
@@ -452,5 +455,5 @@ def test_build_defaults_without_options(monkeypatch):
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
     p = ar.build(Bare())
-    assert (p.model, p.max_tokens, p.max_turns, p.thinking) == (ar.DEFAULT_MODEL, 8192, 30, 0)
+    assert (p.model, p.max_tokens, p.max_turns, p.thinking) == (ar.DEFAULT_MODEL, 8192, 30, 1)
     assert p.client.max_retries == ar.MAX_RETRIES

@@ -74,34 +74,30 @@ def assert_key_nowhere(root: Path, out: str) -> None:
     assert API_KEY not in log.stdout
 
 
-def test_improvement_kept_refusals_survived_errors_recorded(pytester, server):
+def test_improvement_kept_refusals_survived_an_overload_costs_no_experiment(pytester, server):
     root = make_toy(pytester.path, [])
     server.add(
-        # Experiment 1: the API stays overloaded through the SDK's retries -> "error", go on.
+        # The API stays overloaded through the SDK's retries: no experiment, tried again.
         *[api_error(529, "overloaded_error", "Overloaded") for _ in range(5)],
-        # Experiment 2: tries the test and a '..' path (refused), then improves X.
+        # Experiment 1: tries the test and a '..' path (refused), then improves X.
         message(edit("create", "tests/test_metric.py", file_text="def test_loss():\n    pass\n")),
         message(edit("view", "../../etc/passwd")),
         message(set_x("10.0", "3.0")),
         message(text("X=3 minimises |X-3|.\nDescription: move X to 3")),
-        # Experiment 3: a change that is worse is discarded.
+        # Experiment 2: a change that is worse is discarded.
         message(set_x("3.0", "20.0")),
         message(text("Description: move X to 20")),
     )
-    result = run_loop(pytester, 3)
+    result = run_loop(pytester, 2)
     out = result.stdout.str() + result.stderr.str()
     assert result.ret == 0, out
     assert "proposer: anthropic (chosen with --autoresearch-proposer)" in out
+    assert "proposer unavailable (the Anthropic API kept answering overloaded (529)" in out
     recs = experiments(root)
-    assert [r["status"] for r in recs] == ["error", "keep", "discard"]
-    assert "overloaded (529) after 4 retries" in recs[0]["reason"]
-    assert recs[1]["description"] == "move X to 3" and recs[1]["best_after"] == 0.0
+    assert [r["status"] for r in recs] == ["keep", "discard"]
+    assert recs[0]["description"] == "move X to 3" and recs[0]["best_after"] == 0.0
     rows = read_tsv(root / RECORD / "results.tsv")
-    assert [r[2:4] for r in rows[1:]] == [
-        ["error", ""],
-        ["keep", "move X to 3"],
-        ["discard", "move X to 20"],
-    ]
+    assert [r[2:4] for r in rows[1:]] == [["keep", "move X to 3"], ["discard", "move X to 20"]]
     # The refusals reached the model as errors; the protected test is intact.
     posts = server.posts()
     refused = [
@@ -114,13 +110,14 @@ def test_improvement_kept_refusals_survived_errors_recorded(pytester, server):
     assert "not an editable file" in result_text(refused[0])
     assert "'..' is not allowed" in result_text(refused[1])
     assert "pass" not in (root / "tests" / "test_metric.py").read_text()
-    # The third experiment was told about the first two.
+    # The second experiment was told about the first, with its diff.
     state = posts[-2].body["messages"][0]["content"][0]["text"]
-    assert "#1 error: (no description) -- proposer error: the Anthropic API" in state
-    assert "#2 keep +7 (= 0): move X to 3" in state
-    # Cost: 2 calls of 1000 in / 100 out for experiments 2's edit... at Sonnet prices.
-    assert recs[1]["cost"]["input_tokens"] == 4000 and recs[1]["cost"]["output_tokens"] == 400
-    assert recs[1]["cost"]["usd"] == pytest.approx(4 * (1000 * 2 + 100 * 10) / 1e6)
+    assert "#1 keep +7 (= 0): move X to 3" in state
+    assert "### #1 kept: move X to 3" in state and "+X = 3.0" in state
+    # Cost: 4 calls of 1000 in / 100 out for experiment 1's edit at Sonnet prices; the
+    # overloaded attempts billed nothing.
+    assert recs[0]["cost"]["input_tokens"] == 4000 and recs[0]["cost"]["output_tokens"] == 400
+    assert recs[0]["cost"]["usd"] == pytest.approx(4 * (1000 * 2 + 100 * 10) / 1e6)
     assert (
         git(root, "log", "--format=%s", "main..autoresearch/t1")
         .splitlines()[0]

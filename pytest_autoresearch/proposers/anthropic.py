@@ -11,8 +11,10 @@ The ``anthropic`` package is imported only when a proposer is built.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
+import time
 from typing import Any
 
 from pytest_autoresearch.proposers import prompt
@@ -30,8 +32,10 @@ from pytest_autoresearch.proposers.llm import (
     Exchange,
     LLMProposer,
     LLMProposerError,
+    LLMUnavailable,
     _host,
     _option,
+    retry_after,
     scrub,
 )
 
@@ -61,6 +65,10 @@ PRICES: dict[str, tuple[float, float, float, float]] = {
 }
 # An unknown model is priced like the dearest one, so the cost cap errs on the safe side.
 UNKNOWN_PRICE = max(PRICES.values())
+# A stream cut in the middle (connection lost, no message_stop) is sent again at once, up
+# to this many times, waiting 1 s, 2 s ... in between; then the proposal is unavailable
+# and the loop backs off (research/run_state.py).
+STREAM_RETRIES = 2
 
 
 def price_for(model: str, table: dict[str, tuple[float, ...]] = PRICES) -> tuple[tuple, bool]:
@@ -158,12 +166,15 @@ class AnthropicProposer(LLMProposer):
             *last["content"][:-1],
             {**last["content"][-1], "cache_control": {"type": "ephemeral"}},
         ]
+        # Experiments longer than five minutes outlive the default cache: the stable prefix
+        # (rules, program.md) is then cached for an hour (writes cost 2x input, not 1.25x).
+        stable: dict[str, Any] = {"type": "ephemeral"}
+        if self.cache_hour:
+            stable["ttl"] = "1h"
         kwargs: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
-            "system": [
-                {"type": "text", "text": self._system, "cache_control": {"type": "ephemeral"}}
-            ],
+            "system": [{"type": "text", "text": self._system, "cache_control": stable}],
             "tools": [EDITOR_TOOL],
             "messages": [*conv[:-1], last],
         }
@@ -178,9 +189,8 @@ class AnthropicProposer(LLMProposer):
         return kwargs
 
     def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
-        response = self._call(self._request(conv))
+        response = self._call(self._request(conv), ex)
         ex.turns += 1
-        self._bill(response.usage, ex)
         content = [b.model_dump(mode="json", exclude_none=True) for b in response.content]
         conv.append({"role": "assistant", "content": content})
         texts = [b.get("text", "") for b in content if b.get("type") == "text"]
@@ -190,10 +200,16 @@ class AnthropicProposer(LLMProposer):
         ex.stop = str(response.stop_reason or "")
         if not uses:
             return False
+        # Cut at max_tokens while writing its last block: that command's input is partial
+        # (half a `create` of a long file); it is answered, never run.
+        cut = ex.stop == "max_tokens" and content[-1].get("type") == "tool_use"
         results = []
         for use in uses:
             ex.tool_calls += 1
-            if use.get("name") != TOOL_NAME:
+            if cut and use is uses[-1]:
+                editor.refused += 1
+                answer, is_error = prompt.TRUNCATED, True
+            elif use.get("name") != TOOL_NAME:
                 editor.refused += 1
                 answer, is_error = f"Error: unknown tool {use.get('name')!r}; use {TOOL_NAME}", True
             else:
@@ -221,52 +237,96 @@ class AnthropicProposer(LLMProposer):
         )
         ex.usage.append({"input": inp, "output": out, "cache_write": write, "cache_read": read})
 
-    def _call(self, kwargs: dict[str, Any]) -> Any:
+    def _call(self, kwargs: dict[str, Any], ex: Exchange) -> Any:
+        """One streamed call, billed as it goes; a stream cut in the middle is sent again."""
+        why = ""
+        for attempt in range(STREAM_RETRIES + 1):
+            if attempt:
+                time.sleep(min(8.0, 2.0 ** (attempt - 1)))
+            try:
+                return self._stream(kwargs, ex)
+            except _StreamCut as cut:
+                why = str(cut)
+        raise LLMUnavailable(f"the Anthropic API stream was cut {STREAM_RETRIES + 1} times ({why})")
+
+    def _stream(self, kwargs: dict[str, Any], ex: Exchange) -> Any:
+        import anthropic
+
+        try:
+            with self.client.messages.stream(**kwargs) as stream:
+                try:
+                    for _event in stream:
+                        pass
+                except _transport_errors() + (anthropic.APIError,) as exc:
+                    self._bill_partial(stream, ex)
+                    why = scrub(_detail(exc), self._secrets())  # the server's words: no key
+                    raise _StreamCut(f"{type(exc).__name__}: {why}") from None
+                try:
+                    message = stream.get_final_message()
+                except AssertionError:  # the body ended before message_start
+                    raise _StreamCut("the stream ended before message_start") from None
+        except anthropic.APIError as exc:
+            raise self._error(exc) from None
+        if message.stop_reason is None:  # the body ended without message_stop
+            self._bill(message.usage, ex)
+            raise _StreamCut("the stream ended before message_stop")
+        self._bill(message.usage, ex)
+        return message
+
+    def _bill_partial(self, stream: Any, ex: Exchange) -> None:
+        """What a cut stream had reported (message_start's input tokens) is spent too."""
+        try:
+            usage = stream.current_message_snapshot.usage
+        except (AssertionError, AttributeError):
+            return
+        self._bill(usage, ex)
+
+    def _error(self, exc: Exception) -> Exception:
+        """The SDK's error (after its own retries) as ProposerFatal / unavailable / error."""
         import anthropic
 
         secrets = self._secrets()
-        try:
-            return self.client.messages.create(**kwargs)
-        except anthropic.AuthenticationError as exc:
-            raise ProposerFatal(
+        if isinstance(exc, anthropic.AuthenticationError):
+            return ProposerFatal(
                 f"the Anthropic API rejected the API key (401 {_kind(exc)}): check "
                 "ANTHROPIC_API_KEY (a current key from console.anthropic.com), or run offline "
                 "with --autoresearch-proposer optuna"
-            ) from None
-        except anthropic.PermissionDeniedError as exc:
-            raise ProposerFatal(
+            )
+        if isinstance(exc, anthropic.PermissionDeniedError):
+            return ProposerFatal(
                 f"the Anthropic API refused this key access to {self.model} (403 {_kind(exc)}): "
                 f"{scrub(_detail(exc), secrets)}; check the key's workspace and permissions, or "
                 "choose another --autoresearch-model"
-            ) from None
-        except anthropic.NotFoundError as exc:
-            raise ProposerFatal(
+            )
+        if isinstance(exc, anthropic.NotFoundError):
+            return ProposerFatal(
                 f"the Anthropic API does not know model {self.model!r} (404 {_kind(exc)}); set "
                 f"--autoresearch-model to a current model id such as {DEFAULT_MODEL}"
-            ) from None
-        except anthropic.APIStatusError as exc:
+            )
+        if isinstance(exc, anthropic.APIStatusError):
             status = exc.status_code
             if status == 429 or status >= 500:
                 what = {429: "rate limit (429)", 529: "overloaded (529)"}.get(
                     status, f"error {status}"
                 )
-                raise LLMProposerError(
-                    f"the Anthropic API kept answering {what} after {self.max_retries} retries; "
-                    "this experiment is skipped"
-                ) from None
-            raise LLMProposerError(
+                return LLMUnavailable(
+                    f"the Anthropic API kept answering {what} after {self.max_retries} retries",
+                    retry_after=retry_after(exc),
+                )
+            return LLMProposerError(
                 f"the Anthropic API refused the request ({status} {_kind(exc)}): "
                 f"{scrub(_detail(exc), secrets)}"
-            ) from None
-        except anthropic.APITimeoutError:
-            raise LLMProposerError(
+            )
+        if isinstance(exc, anthropic.APITimeoutError):
+            return LLMUnavailable(
                 f"the Anthropic API did not answer in time after {self.max_retries} retries"
-            ) from None
-        except anthropic.APIConnectionError:
-            raise LLMProposerError(
+            )
+        if isinstance(exc, anthropic.APIConnectionError):
+            return LLMUnavailable(
                 f"could not reach the Anthropic API at {_host(self.client.base_url)} after "
                 f"{self.max_retries} retries (check ANTHROPIC_BASE_URL and the network)"
-            ) from None
+            )
+        return LLMProposerError(f"the Anthropic API call failed: {type(exc).__name__}")
 
     def check(self) -> None:
         """A call that costs no tokens: ProposerFatal if the key or the model is rejected."""
@@ -295,6 +355,20 @@ class AnthropicProposer(LLMProposer):
         raise ProposerFatal(messages[status])
 
 
+class _StreamCut(Exception):
+    """A stream that stopped in the middle: sent again (``STREAM_RETRIES``)."""
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library's transport errors (connection lost, read timeout mid-body)."""
+    for name in ("httpx2", "httpx"):
+        try:
+            return (importlib.import_module(name).TransportError,)
+        except (ImportError, AttributeError):
+            continue
+    return (OSError,)
+
+
 def _kind(exc: Any) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
@@ -317,9 +391,16 @@ def build(config: Any) -> AnthropicProposer:
     """The proposer from pytest options; the key and base URL come from the environment."""
     if not (os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN")):
         raise ProposerFatal(NO_KEY)
+    model = _option(config, "autoresearch_model", None) or DEFAULT_MODEL
+    # Thinking is on by default where it costs no budget to set: adaptive models decide
+    # how much to think. Older models need a token budget, so there it is opt-in.
+    thinking = _option(config, "autoresearch_thinking", None)
+    if thinking is None:
+        thinking = 1 if adaptive_thinking(model) else 0
     return AnthropicProposer(
-        model=_option(config, "autoresearch_model", None) or DEFAULT_MODEL,
+        model=model,
         max_tokens=int(_option(config, "autoresearch_max_tokens", MAX_TOKENS)),
-        thinking=int(_option(config, "autoresearch_thinking", 0)),
+        thinking=int(thinking),
         max_turns=int(_option(config, "autoresearch_max_turns", MAX_TURNS)),
+        history_tokens=int(_option(config, "autoresearch_notebook_tokens", prompt.HISTORY_TOKENS)),
     )

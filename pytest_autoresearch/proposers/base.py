@@ -15,7 +15,31 @@ if TYPE_CHECKING:
 
 
 class ProposerError(Exception):
-    """This proposal failed (API overloaded, no edit made...); the loop records it and goes on."""
+    """This proposal failed (no edit made, a request refused...); the loop records it and goes on.
+
+    ``cost`` is what the failed attempt spent: the loop bills it at once (the cost cap
+    sees it), so a run of failures cannot spend past ``--autoresearch-max-cost``.
+    """
+
+    def __init__(self, message: str = "", cost: Cost | None = None) -> None:
+        super().__init__(message)
+        self.cost = cost if cost is not None else Cost()
+
+
+class ProposerUnavailable(ProposerError):
+    """Transient: the service is overloaded, failing (5xx), slow or unreachable; try later.
+
+    The loop journals no experiment for it: it backs off and proposes the same experiment
+    again, until ``--autoresearch-outage`` has passed without a proposal, then stops
+    cleanly (a later run resumes). An outage never consumes the experiment budget.
+    ``retry_after``: the seconds the service asked for (its Retry-After), if it said.
+    """
+
+    def __init__(
+        self, message: str = "", cost: Cost | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, cost)
+        self.retry_after = retry_after
 
 
 class ProposerFatal(Exception):
@@ -56,6 +80,11 @@ class PastExperiment:
     delta: float | None  # improvement over the best at the time (positive = better)
     reason: str  # the decision's reason, or the crash reason
     params: dict[str, float] | None = None  # what a numeric optimiser set, if any
+    # The lab notebook an LLM sees (proposers/prompt.py): every metric's median, the
+    # change as a diff, and the end of a failed run's log.
+    metrics: dict[str, float] | None = None
+    diff: str = ""
+    log_tail: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,9 @@ class ProposalContext:
     metrics: dict[str, float] = field(default_factory=dict)  # the best commit's other metrics
     # What other workers are measuring right now (K workers): not worth proposing again.
     in_flight: list[str] = field(default_factory=list)
+    # How long an experiment has taken so far (None before the first): an LLM proposer
+    # caches its prompt for an hour rather than five minutes when experiments are long.
+    seconds_per_experiment: float | None = None
 
 
 @dataclass

@@ -22,6 +22,8 @@ MAX_FILE_BYTES = 256 * 1024  # larger files are data, not code a model should re
 MAX_VIEW_CHARS = 100_000  # one view answer; a model can page with view_range
 MAX_LISTING = 400  # entries in a directory listing
 SNIPPET_LINES = 4  # context shown around an edit so the model can check it
+NOTES_PATH = "NOTES.md"  # the model's research notebook: lives in the record, not the checkout
+NOTES_BYTES = 12_000  # about 3,000 tokens: shown in every prompt, so it stays short
 
 # Never writable whatever the globs say: the research program, git and the record.
 ALWAYS_PROTECTED = (".git", ".autoresearch")
@@ -99,6 +101,7 @@ class FileEditor:
         *,
         protected: Iterable[str] = (),
         max_bytes: int = MAX_FILE_BYTES,
+        notes: Path | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self._is_editable = is_editable
@@ -108,6 +111,11 @@ class FileEditor:
         self.changed: list[str] = []  # relative paths written, in order of first change
         self.refused = 0  # commands answered with an error
         self.writes = 0  # successful writes, so a caller can tell whether an exchange edited
+        # NOTES.md: the path the model uses for its notebook maps to this file in the record
+        # (ctx.state_dir), so a discard's restore never reverts it and resume keeps it.
+        # Writing it is not an edit of the candidate (``notes_writes``, not ``writes``).
+        self.notes = Path(notes) if notes is not None else None
+        self.notes_writes = 0
 
     # -- policy ---------------------------------------------------------------------------
 
@@ -189,7 +197,34 @@ class FileEditor:
                 f"unknown command {command!r}: use view, str_replace, create or insert"
             )
         rel = self._relpath(tool_input.get("path"))
+        if rel == NOTES_PATH and self.notes is not None:
+            return self._notes(command, tool_input)
         return handlers[command](rel, tool_input)
+
+    def _notes(self, command: str, args: dict) -> str:
+        """The same commands on the notebook in the record, bounded to NOTES_BYTES."""
+        assert self.notes is not None
+        if not self.notes.exists():
+            if command != "create":
+                if command == "view":
+                    return f"{NOTES_PATH} is empty: write it with create"
+                raise EditRefused(f"{NOTES_PATH} does not exist yet; use 'create' to start it")
+            self.notes.parent.mkdir(parents=True, exist_ok=True)
+            self.notes.write_text("")
+        name = self.notes.name
+        notes = FileEditor(self.notes.parent, lambda rel: rel == name, max_bytes=NOTES_BYTES)
+        try:
+            answer = notes.run({**args, "path": self.notes.name})
+        except EditRefused as exc:
+            text = str(exc).replace(self.notes.name, NOTES_PATH)
+            if "-byte limit" in text:
+                text += (
+                    f". {NOTES_PATH} is full: shorten it (merge entries, drop what no longer "
+                    "matters) with create, keeping what the next experiments need"
+                )
+            raise EditRefused(text) from None
+        self.notes_writes += notes.writes
+        return answer.replace(self.notes.name, NOTES_PATH)
 
     def _view(self, rel: str, args: dict) -> str:
         target = self._check_inside(rel, for_write=False)

@@ -27,17 +27,21 @@ from pytest_autoresearch.proposers.base import (
     Proposal,
     ProposalContext,
     ProposerError,
+    ProposerUnavailable,
 )
-from pytest_autoresearch.proposers.editor import FileEditor, glob_matcher
+from pytest_autoresearch.proposers.editor import NOTES_PATH, FileEditor, glob_matcher
 from pytest_autoresearch.sandbox.secrets import scrub  # re-exported for the LLM proposers
 
-__all__ = ["Exchange", "LLMProposer", "LLMProposerError", "scrub"]
+__all__ = ["Exchange", "LLMProposer", "LLMProposerError", "LLMUnavailable", "scrub"]
 
 MAX_TOKENS = 8192
 MAX_TURNS = 30
 MAX_RETRIES = 4  # the SDK retries 408/409/429/5xx with exponential backoff
 TIMEOUT = 600.0  # seconds per API call
 TOKEN_CAP = 600_000  # input + output tokens of one proposal, all turns together
+# Experiments longer than this outlive a 5-minute prompt cache between two proposals:
+# the stable prefix is then cached for an hour (the Anthropic proposer).
+LONG_EXPERIMENT = 240.0
 
 
 def _option(config: Any, name: str, default: Any) -> Any:
@@ -50,11 +54,15 @@ def _option(config: Any, name: str, default: Any) -> Any:
 
 
 class LLMProposerError(ProposerError):
-    """A failed proposal that still cost tokens (``cost``); the next proposal bills it."""
+    """A failed proposal that still cost tokens (``cost``): the loop bills it at once."""
 
-    def __init__(self, message: str, cost: Cost | None = None) -> None:
-        super().__init__(message)
-        self.cost = cost or Cost()
+
+class LLMUnavailable(LLMProposerError, ProposerUnavailable):
+    """Overloaded (529), 429, 5xx, a timeout, no connection, a stream cut: try again later.
+
+    Raised after the SDK's own quick retries; the loop backs off and proposes the same
+    experiment again (research/run_state.py), so an outage costs no experiment.
+    """
 
 
 @dataclass
@@ -97,7 +105,7 @@ class LLMProposer:
         # One conversation per candidate in flight (experiment index -> its thread): with K
         # workers a repair continues the conversation that made that candidate.
         self._threads: dict[int, _Thread] = {}
-        self._unbilled = Cost()  # spent by failed exchanges; billed with the next proposal
+        self.cache_hour = False  # cache the stable prefix for 1 h (set per exchange)
 
     # -- subclass hooks -------------------------------------------------------------------
 
@@ -128,7 +136,6 @@ class LLMProposer:
             raise
         if thread.editor.writes == 0:
             self._threads.pop(ctx.experiment, None)
-            self._unbilled = self._unbilled + ex.cost
             raise LLMProposerError(
                 f"the model made no edit ({ex.stop}; {ex.turns} turns, "
                 f"{thread.editor.refused} refused commands)",
@@ -154,7 +161,8 @@ class LLMProposer:
         before = thread.editor.writes
         ex = self._exchange(ctx, thread, f"repair{attempt}")
         if thread.editor.writes == before:
-            self._unbilled = self._unbilled + ex.cost
+            if ex.cost.usd or ex.tokens:  # spent, so say so: the loop bills the error
+                raise LLMProposerError("the model made no further edit", ex.cost)
             return None
         desc = prompt.extract_description(ex.final_text, thread.editor.changed)
         if desc == "(no description)" or desc.startswith("edited "):
@@ -169,10 +177,35 @@ class LLMProposer:
     def close(self) -> None:
         self._threads.clear()
 
+    def preflight(self, root: Path, program: Any) -> str:
+        """Said at the start: what the model may read, and files program.md's text names
+        that the editor would refuse (the model would be told to read what it cannot)."""
+        readable = _context_matcher(program)
+        context = [
+            f for f in _mentioned_or_listed(root, program) if readable(f) or program.is_editable(f)
+        ]
+        lines = [
+            f"the model may view {len(program.editable_files(root))} editable file(s) and "
+            f"{sum(1 for f in context if not program.is_editable(f))} context file(s) "
+            f"(program.md context:); its notebook is {NOTES_PATH} in the record"
+        ]
+        refused = [
+            f
+            for f in _mentioned_or_listed(root, program, listed=False)
+            if not readable(f) and not program.is_editable(f)
+        ]
+        if refused:
+            lines.append(
+                f"program.md names {', '.join(refused[:8])} but the model may not view "
+                f"{'it' if len(refused) == 1 else 'them'}: add to context: in program.md"
+            )
+        return "\n".join(lines)
+
     # -- shared machinery -----------------------------------------------------------------
 
     def _exchange(self, ctx: ProposalContext, thread: _Thread, label: str) -> Exchange:
         ex = Exchange()
+        self.cache_hour = (ctx.seconds_per_experiment or 0.0) > LONG_EXPERIMENT
         try:
             while True:
                 if ex.turns >= self.max_turns:
@@ -183,17 +216,14 @@ class LLMProposer:
                     break
                 if not self._turn(thread.conv, thread.editor, ex):
                     break
-        except LLMProposerError as exc:
-            exc.cost = exc.cost + ex.cost
-            self._unbilled = self._unbilled + ex.cost
+        except ProposerError as exc:
+            exc.cost = exc.cost + ex.cost  # what the turns before the failure spent
             raise
         finally:
             self._save_transcript(ctx, label, ex, thread.conv)
         return ex
 
     def _proposal(self, ex: Exchange, thread: _Thread, description: str) -> Proposal:
-        cost, carried = ex.cost + self._unbilled, self._unbilled.usd
-        self._unbilled = Cost()
         extra: dict[str, Any] = {
             "model": self.model,
             "turns": ex.turns,
@@ -202,11 +232,11 @@ class LLMProposer:
             "files": list(thread.editor.changed),
             "stop": ex.stop,
         }
-        if carried:
-            extra["carried_usd"] = round(carried, 6)
+        if thread.editor.notes_writes:
+            extra["notes_edits"] = thread.editor.notes_writes
         if getattr(self, "price_known", True) is False:
             extra["price"] = "model not in the price table: priced at the dearest rate"
-        return Proposal(description=description, cost=cost, extra=extra)
+        return Proposal(description=description, cost=ex.cost, extra=extra)
 
     def _save_transcript(
         self, ctx: ProposalContext, label: str, ex: Exchange, conv: list[dict]
@@ -253,12 +283,13 @@ def _editor_for(ctx: ProposalContext) -> FileEditor:
         program.is_editable,
         _context_matcher(program),
         protected=[p for p in protected if p],
+        notes=Path(ctx.state_dir) / NOTES_PATH,
     )
 
 
 def _context_matcher(program: Any) -> Any:
     """program.md's context globs, matched the way program.py matches editable globs."""
-    globs = list(getattr(program, "context", ()) or ())
+    globs = [_clean_glob(g) for g in getattr(program, "context", ()) or ()]
     try:
         from pytest_autoresearch.program.program_md import glob_to_regex
     except ImportError:
@@ -270,3 +301,47 @@ def _context_matcher(program: Any) -> Any:
 def _host(url: Any) -> str:
     """The endpoint without any user:password part."""
     return re.sub(r"//[^/@]*@", "//", str(url))
+
+
+def _clean_glob(glob: str) -> str:
+    """``./nanochat/prepare.py`` names the same file as ``nanochat/prepare.py``."""
+    while glob.startswith("./"):
+        glob = glob[2:]
+    return glob
+
+
+_PATHLIKE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-][\w.-]*\.[A-Za-z]\w{0,5})(?![\w/])")
+
+
+def _mentioned_or_listed(root: Path, program: Any, *, listed: bool = True) -> list[str]:
+    """Existing files the program's text names (and, with ``listed``, its context globs)."""
+    from pytest_autoresearch.program.globs import expand
+
+    root = Path(root)
+    found: dict[str, None] = {}
+    if listed:
+        globs = [_clean_glob(g) for g in getattr(program, "context", ()) or ()]
+        found.update(dict.fromkeys(expand(globs, root)))
+    text = getattr(program, "instructions", "") or ""
+    for name in _PATHLIKE.findall(text):
+        rel = _clean_glob(name)
+        if rel.split("/")[0] in (".git", ".autoresearch") or rel == NOTES_PATH:
+            continue
+        if (root / rel).is_file() and rel != getattr(program, "program_relpath", None):
+            found.setdefault(rel)
+    return list(found)
+
+
+def retry_after(exc: Any) -> float | None:
+    """The seconds an HTTP error's Retry-After (or retry-after-ms) header asks for."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            value = float(headers.get(name))
+        except (TypeError, ValueError):
+            continue
+        if value >= 0:
+            return value / scale
+    return None

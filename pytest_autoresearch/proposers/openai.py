@@ -24,8 +24,10 @@ from pytest_autoresearch.proposers.llm import (
     Exchange,
     LLMProposer,
     LLMProposerError,
+    LLMUnavailable,
     _host,
     _option,
+    retry_after,
     scrub,
 )
 
@@ -114,6 +116,11 @@ class OpenAIProposer(LLMProposer):
             )
         self.client = client
         self.host = _host(client.base_url)
+        # OpenAI's own newer models take max_completion_tokens (and refuse max_tokens);
+        # local servers take max_tokens. A 400 naming the other one switches for good.
+        self.limit_key = "max_completion_tokens" if _is_openai(self.host) else "max_tokens"
+        self.context_window: int | None = None  # the server's, when its /models says it
+        self._warned_context = False
         self._resolve_prices()
 
     def _resolve_prices(self) -> None:
@@ -131,7 +138,7 @@ class OpenAIProposer(LLMProposer):
         import openai
 
         try:
-            return [m.id for m in self.client.models.list()]
+            models = list(self.client.models.list())
         except openai.AuthenticationError:
             raise ProposerFatal(self._rejected()) from None
         except openai.PermissionDeniedError:
@@ -143,6 +150,8 @@ class OpenAIProposer(LLMProposer):
             ) from None
         except openai.OpenAIError:
             return None
+        self._windows = {m.id: _context_window(m) for m in models}
+        return [m.id for m in models]
 
     def _resolve_model(self) -> None:
         """With no model named, use the endpoint's only model (as llama.cpp serves one)."""
@@ -157,11 +166,13 @@ class OpenAIProposer(LLMProposer):
             )
         self.model = ids[0]
         self._resolve_prices()
+        self.context_window = getattr(self, "_windows", {}).get(self.model)
 
     def check(self) -> None:
         """Is the endpoint there, the key accepted and the model served? Costs no tokens."""
         ids = self._list_models()
         self._resolve_model()
+        self.context_window = getattr(self, "_windows", {}).get(self.model)
         if ids and self.model not in ids:
             raise ProposerFatal(
                 f"{self.host} does not serve model {self.model!r} (it serves: "
@@ -184,15 +195,8 @@ class OpenAIProposer(LLMProposer):
         conv.append({"role": "user", "content": text})
 
     def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
-        # OpenAI's own newer models take max_completion_tokens; local servers max_tokens.
-        limit = "max_completion_tokens" if _is_openai(self.host) else "max_tokens"
-        kwargs = {
-            "model": self.model,
-            "messages": conv,
-            "tools": [EDITOR_FUNCTION],
-            limit: self.max_tokens,
-        }
-        response = self._guard(lambda: self.client.chat.completions.create(**kwargs))
+        self._check_context(conv)
+        response = self._complete(conv)
         ex.turns += 1
         self._bill(response.usage, ex)
         if not response.choices:
@@ -218,10 +222,52 @@ class OpenAIProposer(LLMProposer):
             return False
         for c in calls:
             ex.tool_calls += 1
-            conv.append(
-                {"role": "tool", "tool_call_id": c.id, "content": self._run_call(c, editor)}
-            )
+            if ex.stop == "length" and c is calls[-1]:  # cut while writing it: never run
+                editor.refused += 1
+                answer = prompt.TRUNCATED
+            else:
+                answer = self._run_call(c, editor)
+            conv.append({"role": "tool", "tool_call_id": c.id, "content": answer})
         return True
+
+    def _complete(self, conv: list[dict]) -> Any:
+        """One call; a 400 that asks for the other output-limit parameter is sent again."""
+        for _ in range(2):
+            kwargs = {
+                "model": self.model,
+                "messages": conv,
+                "tools": [EDITOR_FUNCTION],
+                self.limit_key: self.max_tokens,
+            }
+            try:
+                return self._guard(lambda k=kwargs: self.client.chat.completions.create(**k))
+            except LLMProposerError as exc:
+                named = "max_tokens" in str(exc) or "max_completion_tokens" in str(exc)
+                if getattr(exc, "status", None) != 400 or not named:
+                    raise
+                self.limit_key = (
+                    "max_tokens" if self.limit_key != "max_tokens" else "max_completion_tokens"
+                )
+        raise LLMProposerError(f"{self.host} refused both max_tokens and max_completion_tokens")
+
+    def _check_context(self, conv: list[dict]) -> None:
+        """Warn once (on stderr and in the transcript) when the prompt will not fit."""
+        if not self.context_window or self._warned_context:
+            return
+        size = prompt.estimate_tokens(json.dumps(conv)) + prompt.estimate_tokens(
+            json.dumps(EDITOR_FUNCTION)
+        )
+        if size + self.max_tokens > self.context_window:
+            self._warned_context = True
+            import warnings
+
+            warnings.warn(
+                f"the prompt (about {size} tokens) plus --autoresearch-max-tokens "
+                f"{self.max_tokens} exceeds {self.host}'s context of {self.context_window} "
+                "tokens for this model: start the server with a longer context (vLLM "
+                "--max-model-len, llama.cpp -c) or lower --autoresearch-notebook-tokens",
+                stacklevel=2,
+            )
 
     def _run_call(self, call: Any, editor: FileEditor) -> str:
         if call.function.name != TOOL_NAME:
@@ -271,22 +317,35 @@ class OpenAIProposer(LLMProposer):
         except openai.APIStatusError as exc:
             status = exc.status_code
             if status == 429 or status >= 500:
-                raise LLMProposerError(
-                    f"{self.host} kept answering {status} after {self.max_retries} retries; this "
-                    "experiment is skipped"
+                raise LLMUnavailable(
+                    f"{self.host} kept answering {status} after {self.max_retries} retries",
+                    retry_after=retry_after(exc),
                 ) from None
-            raise LLMProposerError(
+            refused = LLMProposerError(
                 f"{self.host} refused the request ({status}): {scrub(_detail(exc), secrets)}"
-            ) from None
+            )
+            refused.status = status  # type: ignore[attr-defined]
+            raise refused from None
         except openai.APITimeoutError:
-            raise LLMProposerError(
+            raise LLMUnavailable(
                 f"{self.host} did not answer in time after {self.max_retries} retries"
             ) from None
         except openai.APIConnectionError:
-            raise LLMProposerError(
+            raise LLMUnavailable(
                 f"could not reach {self.host} after {self.max_retries} retries: is the server "
                 "running, and is the base URL right?"
             ) from None
+
+
+def _context_window(model: Any) -> int | None:
+    """A served model's context length where the server says it: vLLM's max_model_len,
+    llama.cpp's meta.n_ctx (or n_ctx_train); None for OpenAI and Ollama, which do not."""
+    extra = getattr(model, "model_extra", None) or {}
+    meta = extra.get("meta") if isinstance(extra.get("meta"), dict) else {}
+    for value in (extra.get("max_model_len"), meta.get("n_ctx"), meta.get("n_ctx_train")):
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _detail(exc: Any) -> str:
@@ -309,4 +368,5 @@ def build(config: Any) -> OpenAIProposer:
         base_url=base_url,
         max_tokens=int(_option(config, "autoresearch_max_tokens", MAX_TOKENS)),
         max_turns=int(_option(config, "autoresearch_max_turns", MAX_TURNS)),
+        history_tokens=int(_option(config, "autoresearch_notebook_tokens", prompt.HISTORY_TOKENS)),
     )

@@ -2,8 +2,12 @@
 
 The prompt has a static part (rules, program.md's instructions, the objective,
 constraints, guards, which files exist for it) that stays byte-identical across a
-run so it can be cached, and a dynamic part (the current best, the noise floor and
-the journal of earlier experiments, compacted to a token budget).
+run so it can be cached, and a dynamic part, the lab notebook: the model's own
+NOTES.md, the journal of earlier experiments (what changed, the outcome, the objective
+and the other metrics), the diffs of kept changes and recent near-misses, and the log
+tails of recent failures. The notebook has a token budget (``--autoresearch-notebook-
+tokens``, default sized for 200 experiments): older entries lose detail first and are
+then summarised in counts, never dropped without a word.
 """
 
 from __future__ import annotations
@@ -12,15 +16,30 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pytest_autoresearch.proposers.base import Failure, PastExperiment, ProposalContext
 
-HISTORY_TOKENS = 4000  # journal budget in the prompt (about 16 KB of text)
+# The notebook's budget: about 12,000 tokens (48 KB), shared out below. 200 experiments
+# at about 35 tokens a line fit the journal's share in full; the diffs and log tails
+# take the newest first.
+HISTORY_TOKENS = 12_000
+JOURNAL_SHARE, DIFF_SHARE = 0.55, 0.30  # the rest: log tails of recent failures
 RECENT_IN_FULL = 8  # the newest experiments are always shown with their reasons
+NEAR_MISSES = 3  # discards within the noise of the best whose diffs are shown
+FAILURE_TAILS = 3  # recent crashes whose log tails are shown
+DIFF_CHARS = 2400  # one diff in the notebook
+TAIL_LINES = 25  # one failure's log tail in the notebook
+OTHER_METRICS = 6  # secondary metrics on a journal line
 DESCRIPTION_CHARS = 200
 LOG_TAIL_CHARS = 6000  # of a crash log handed to repair: the traceback is at the end
+TRUNCATED = (
+    "Error: your answer was cut off at the output token limit while you were writing this "
+    "command, so it was NOT run (its input is incomplete). Make smaller edits: str_replace "
+    "of just the lines that change rather than create of a whole file."
+)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
 _DESCRIPTION_LINE = re.compile(r"^\W*description\W*:\s*(.+)$", re.IGNORECASE | re.MULTILINE)
@@ -39,11 +58,29 @@ listed below are refused.
 context files. Tests, the harness and program.md cannot be changed; trying wastes turns.
 - One idea per experiment, small enough to judge on its own. Read the journal: do not \
 repeat a change that was discarded or crashed unless you change something material.
+- Keep your research notebook in NOTES.md (the same editor tool, path NOTES.md): what \
+you learned, hypotheses, what to try next. It is kept outside the project, survives \
+discarded experiments and restarts, and is shown to you at every experiment. Keep it \
+short; editing it is not a change to the project.
 - Do not game the metric (special-casing the tests, changing how it is measured, \
 printing numbers): values come from protected code, and such changes are rejected.
 - View a file before you edit it, and leave the code runnable.
 - When you are done, answer with a short explanation whose last line is exactly
-  Description: <what you changed, in at most 15 words>"""
+  Description: <what you changed, in at most 15 words>
+
+How the harness decides (the keep rule, as applied):
+- A change is kept only when the objective improves by more than the noise floor \
+(a few sigma of the baseline's repeated runs) and by at least min_delta; a close call is \
+measured again (a confirmation run) before it is kept. A kept change is measured afresh \
+and becomes the new best that later experiments start from.
+- A change that gives the same result with fewer lines of code is kept (simpler wins).
+- A crash or a failed guard test comes back to you with the log tail to repair.
+
+Strategy:
+- Early in the run (the experiment number is given as i of N), explore: try different \
+directions. Late in the run, exploit: refine what worked and combine near-misses \
+(changes within the noise of the best, shown with their diffs).
+- After several discards in a row, change direction rather than tuning the same idea."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -67,6 +104,9 @@ def system_prompt(ctx: ProposalContext) -> str:
     program = ctx.program
     better = "lower" if ctx.goal == "min" else "higher"
     parts = [RULES, "", "## Objective", f"{ctx.objective}: {better} is better."]
+    min_delta = getattr(program, "min_delta", 0.0) or 0.0
+    if min_delta > 0:
+        parts.append(f"min_delta: a change must improve it by at least {min_delta:g} to be kept.")
     constraints = [c.text for c in getattr(program, "constraints", ())]
     if constraints:
         parts += ["", "## Constraints (a change that breaks one is discarded)"]
@@ -84,19 +124,25 @@ def system_prompt(ctx: ProposalContext) -> str:
     return "\n".join(parts)
 
 
-def _history_line(exp: PastExperiment, *, full: bool) -> str:
+def _history_line(exp: PastExperiment, *, full: bool, skip: Sequence[str] = ()) -> str:
     head = f"#{exp.index} {exp.status}"
     if exp.delta is not None:
         head += f" {exp.delta:+.4g}"
     if exp.objective is not None:
-        head += f" (= {_fmt(exp.objective)})"
+        others = [(k, v) for k, v in sorted((exp.metrics or {}).items()) if k not in skip]
+        shown = "".join(f", {k} {_fmt(v)}" for k, v in others[:OTHER_METRICS] if full)
+        head += f" (= {_fmt(exp.objective)}{shown})"
     line = f"{head}: {_one_line(exp.description, 120) or '(no description)'}"
     if full and exp.reason and exp.status != "keep":
         line += f" -- {_one_line(exp.reason, 140)}"
     return line
 
 
-def compact_history(history: Sequence[PastExperiment], budget_tokens: int = HISTORY_TOKENS) -> str:
+def compact_history(
+    history: Sequence[PastExperiment],
+    budget_tokens: int = HISTORY_TOKENS,
+    skip: Sequence[str] = (),
+) -> str:
     """The journal as lines, oldest first, trimmed to about ``budget_tokens``.
 
     Kept experiments and the newest few are always shown in full; older dead ends
@@ -105,7 +151,7 @@ def compact_history(history: Sequence[PastExperiment], budget_tokens: int = HIST
     """
     if not history:
         return "(no experiments yet: this is the first)"
-    full = [_history_line(e, full=True) for e in history]
+    full = [_history_line(e, full=True, skip=skip) for e in history]
     if estimate_tokens("\n".join(full)) <= budget_tokens:
         return "\n".join(full)
     n = len(history)
@@ -116,13 +162,13 @@ def compact_history(history: Sequence[PastExperiment], budget_tokens: int = HIST
     for i in sorted(recent, reverse=True) + [
         i for i in range(n - 1, -1, -1) if history[i].status == "keep" and i not in recent
     ]:
-        line = full[i] if i in recent else _history_line(history[i], full=False)
+        line = full[i] if i in recent else _history_line(history[i], full=False, skip=skip)
         chosen[i] = line
         used += estimate_tokens(line) + 1
     for i in range(n - 1, -1, -1):
         if i in chosen:
             continue
-        line = _history_line(history[i], full=False)
+        line = _history_line(history[i], full=False, skip=skip)
         if used + estimate_tokens(line) + 1 > budget_tokens - 30:
             break
         chosen[i] = line
@@ -144,11 +190,13 @@ def compact_history(history: Sequence[PastExperiment], budget_tokens: int = HIST
 
 
 def state_message(ctx: ProposalContext, history_tokens: int = HISTORY_TOKENS) -> str:
-    """The dynamic part: where the research stands now, and what was tried."""
+    """The dynamic part: where the research stands now, the notebook, what was tried."""
     holdout = getattr(ctx.program, "holdout", None)
-    others = {k: v for k, v in ctx.metrics.items() if k not in (ctx.objective, holdout)}
+    skip = (ctx.objective, holdout)
+    others = {k: v for k, v in ctx.metrics.items() if k not in skip}
+    phase = "explore" if ctx.experiment <= max(1, ctx.total // 3) else "exploit"
     lines = [
-        f"Experiment {ctx.experiment} of {ctx.total}.",
+        f"Experiment {ctx.experiment} of {ctx.total}. Phase: {phase} (see Strategy).",
         f"Current best {ctx.objective}: {_fmt(ctx.best_value)} "
         f"(baseline {_fmt(ctx.baseline_value)}; {'lower' if ctx.goal == 'min' else 'higher'} "
         "is better).",
@@ -158,11 +206,19 @@ def state_message(ctx: ProposalContext, history_tokens: int = HISTORY_TOKENS) ->
     if others:
         shown = ", ".join(f"{k} = {_fmt(v)}" for k, v in sorted(others.items()))
         lines.append(f"Other metrics at the best commit: {shown}.")
+    lines += ["", "## Your notes (NOTES.md)", _notes_text(ctx)]
     lines += [
         "",
         "## Journal of earlier experiments (change in the objective: + is better)",
-        compact_history(ctx.history, history_tokens),
+        compact_history(ctx.history, int(history_tokens * JOURNAL_SHARE), skip),
     ]
+    diffs = _diff_section(ctx, int(history_tokens * DIFF_SHARE))
+    if diffs:
+        lines += ["", "## Diffs of kept changes and recent near-misses", diffs]
+    share = 1.0 - JOURNAL_SHARE - DIFF_SHARE
+    tails = _failure_section(ctx.history, int(history_tokens * share))
+    if tails:
+        lines += ["", "## Recent failures (the end of their logs)", tails]
     if ctx.in_flight:
         lines += [
             "",
@@ -171,6 +227,62 @@ def state_message(ctx: ProposalContext, history_tokens: int = HISTORY_TOKENS) ->
         ]
     lines += ["", "Make your change for this experiment now."]
     return "\n".join(lines)
+
+
+def _notes_text(ctx: ProposalContext) -> str:
+    from pytest_autoresearch.proposers.editor import NOTES_BYTES, NOTES_PATH
+
+    try:
+        text = (Path(ctx.state_dir) / NOTES_PATH).read_text(errors="replace")
+    except OSError:
+        text = ""
+    if not text.strip():
+        return "(empty: write what you learn to NOTES.md)"
+    return text[:NOTES_BYTES].rstrip()
+
+
+def _diff_section(ctx: ProposalContext, budget_tokens: int) -> str:
+    """Kept diffs (newest first) and the latest near-misses, within the budget."""
+    near = [
+        e
+        for e in ctx.history
+        if e.status == "discard" and e.delta is not None and e.diff and e.delta > -ctx.noise
+    ][-NEAR_MISSES:]
+    kept = [e for e in ctx.history if e.status == "keep" and e.diff]
+    picked = sorted(near, key=lambda e: -e.index) + sorted(kept, key=lambda e: -e.index)
+    blocks: dict[int, str] = {}
+    left, skipped = budget_tokens, []
+    for e in picked:
+        block = _diff_block(e)
+        if estimate_tokens(block) > left:
+            skipped.append(e.index)
+            continue
+        blocks[e.index] = block
+        left -= estimate_tokens(block)
+    out = [blocks[i] for i in sorted(blocks)]
+    if skipped:
+        shown = ", ".join(f"#{i}" for i in sorted(skipped))
+        out.append(f"(diffs of {shown} not shown to save space; their commits hold them)")
+    return "\n".join(out)
+
+
+def _diff_block(e: PastExperiment) -> str:
+    what = "kept" if e.status == "keep" else "near-miss, discarded"
+    diff = e.diff if len(e.diff) <= DIFF_CHARS else e.diff[:DIFF_CHARS] + "\n[... diff cut]"
+    return f"### #{e.index} {what}: {_one_line(e.description, 120)}\n```diff\n{diff}\n```"
+
+
+def _failure_section(history: Sequence[PastExperiment], budget_tokens: int) -> str:
+    failed = [e for e in history if e.status in ("crash", "timeout") and e.log_tail]
+    out, left = [], budget_tokens
+    for e in reversed(failed[-FAILURE_TAILS:]):
+        tail = "\n".join(e.log_tail.rstrip().splitlines()[-TAIL_LINES:])
+        block = f"### #{e.index} {e.status}: {_one_line(e.description, 120)}\n```\n{tail}\n```"
+        if estimate_tokens(block) > left:
+            break
+        out.insert(0, block)
+        left -= estimate_tokens(block)
+    return "\n".join(out)
 
 
 def repair_message(failure: Failure, attempt: int, max_chars: int = LOG_TAIL_CHARS) -> str:

@@ -218,12 +218,25 @@ def write_report(
     out += _kept_table(records, dec)
     out += learned_markdown(records, goal, dec)
     out += workers_markdown(records, getattr(result, "workers", None))
+    out += _notes_section(directory)
     out += _experiments_table(records, dec)
     if program is not None and getattr(program, "path", None):
         out += [f"Program: `{program.path}`; editable: {', '.join(program.editable)}.", ""]
     path = directory / "report.md"
     path.write_text(scrub("\n".join(out)), encoding="utf-8")
     return path
+
+
+def _notes_section(directory: Path) -> list[str]:
+    """The LLM's research notebook (NOTES.md in the record), as it stood at the end."""
+    try:
+        notes = (directory / "NOTES.md").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return []
+    if not notes:
+        return []
+    # Fenced: the model wrote it, so its Markdown may not break (or pose as) the report.
+    return ["## The model's notes (NOTES.md)", "", "````markdown", notes, "````", ""]
 
 
 def _kept_table(records: Sequence[dict[str, Any]], dec: int) -> list[str]:

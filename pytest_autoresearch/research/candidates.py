@@ -182,6 +182,8 @@ class Candidates:
             fixed = self.proposer.repair(cand.ctx, f)
         except ProposerError as exc:
             rec["attempts"][-1]["repair_error"] = str(exc)
+            spent = getattr(exc, "cost", None)  # a failed repair's tokens are spent too
+            cand.cost = cand.cost + spent if isinstance(spent, Cost) else cand.cost
             fixed = None
         finally:
             self._proposing = None

@@ -27,11 +27,13 @@ from typing import Any
 from pytest_autoresearch.executors.base import Trial
 from pytest_autoresearch.executors.serial import BoundEvaluate, InPlaceExecutor
 from pytest_autoresearch.proposers.base import (
+    Cost,
     Outcome,
     ProposalContext,
     Proposer,
     ProposerError,
     ProposerFatal,
+    ProposerUnavailable,
 )
 from pytest_autoresearch.research import decide
 from pytest_autoresearch.research.candidates import Candidate, Candidates
@@ -77,6 +79,7 @@ class ResearchLoop(Candidates, RunState):
         echo: Callable[[str], None] = print,
         on_record: Callable[[dict], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.faults = Faults(settings.fault)  # a typo stops here, before anything runs
         if executor is None:
@@ -98,6 +101,7 @@ class ResearchLoop(Candidates, RunState):
         self.echo = echo
         self.on_record = on_record or (lambda rec: None)
         self.clock = clock
+        self.sleep = sleep  # the back-off while the proposer is unavailable
         self._init_state()
         self._init_candidates()
 
@@ -181,12 +185,16 @@ class ResearchLoop(Candidates, RunState):
         while not self._stopping and len(self.pending) < self.capacity:
             if self.done + len(self.pending) >= self.s.experiments:
                 return
+            if not self._outage_allows():
+                return  # backing off; a result coming back brings the loop here again
             why = self._stop_reason(started)
             if why:
                 self._stopping = (why, False)
                 return
             try:
                 self._start(self._next_index())
+            except ProposerUnavailable as exc:
+                self._unavailable(exc)
             except ProposerFatal as exc:
                 self._stop_fatal(exc)
 
@@ -328,6 +336,9 @@ class ResearchLoop(Candidates, RunState):
             state_dir=self.s.record_dir,
             metrics=dict(st.best_metrics),
             in_flight=[c.rec["description"] for c in self.pending.values()],
+            seconds_per_experiment=(
+                sum(st.durations) / len(st.durations) if st.durations else None
+            ),
         )
 
     def _start(self, index: int) -> None:
@@ -343,15 +354,25 @@ class ResearchLoop(Candidates, RunState):
             index, self.s.experiments, self.repo.head(), self.st.best, self.st.noise.sigma,
             self.s.proposer_name,
         )  # fmt: skip
-        self.journal.write("start", index=index, parent=rec["parent"], at=rec["started"])
+        if index not in self._waiting:  # a retry after an outage was journaled already
+            self.journal.write("start", index=index, parent=rec["parent"], at=rec["started"])
         self.faults.at("after-start", index)
         ctx = self._context(index)
         try:
             proposal = self.proposer.propose(ctx)
+        except ProposerUnavailable as exc:
+            self.repo.restore()  # a half-made proposal is not left in the checkout
+            self._waiting[index] = self._waiting.get(index, Cost()) + _spent(exc)
+            self.rerun.insert(0, index)  # the same experiment, once the service is back
+            raise
         except ProposerError as exc:
+            self._outage_over()
             rec["durations"] = {"propose": self.clock() - t0}
+            rec["cost"] = (_spent(exc) + self._waiting.pop(index, Cost())).as_dict()
             self._finish(rec, ctx, None, "error", f"proposer error: {exc}", t0)
             return
+        self._outage_over()
+        proposal.cost = proposal.cost + self._waiting.pop(index, Cost())
         rec["durations"] = {"propose": self.clock() - t0}
         rec.update(description=proposal.description, params=proposal.params)
         self.faults.at("after-proposal", index)
@@ -451,3 +472,9 @@ class ResearchLoop(Candidates, RunState):
             self.proposer.observe(ctx, proposal, Outcome(status, value, reason))
         self.on_record(rec)
         self.echo(self._line(rec))
+
+
+def _spent(exc: ProposerError) -> Cost:
+    """What a failed proposal spent (a plugin's error may not say: nothing then)."""
+    cost = getattr(exc, "cost", None)
+    return cost if isinstance(cost, Cost) else Cost()

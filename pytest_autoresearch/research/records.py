@@ -54,6 +54,9 @@ class LoopSettings:
     time_budget: float | None = None  # seconds for this run; no experiment starts past it
     eval_args: tuple[str, ...] = ()  # more pytest arguments for every evaluation (lean)
     eval_env: dict[str, str] = field(default_factory=dict)  # more environment (lean)
+    # Seconds the proposer may stay unavailable (API overloaded, down) before the run
+    # stops cleanly; --autoresearch-outage (run_state.OUTAGE by default).
+    outage: float | None = None
 
 
 @dataclass

@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from typing import Any
 
 from pytest_autoresearch.program.budget import time_left_allows
+from pytest_autoresearch.proposers.base import Cost
 from pytest_autoresearch.research.records import LoopError, LoopResult, now
 from pytest_autoresearch.research.standing import Standing
 
 # Without a timeout in program.md the baseline may take up to this long; the
 # per-experiment timeout is then derived from how long the baseline took.
 BASELINE_TIMEOUT = 3600.0
+
+# While the proposer is unavailable (the API overloaded, failing or unreachable after the
+# SDK's own quick retries), the loop waits before proposing the same experiment again:
+# what the service's Retry-After asked for when it said, else 1 s, 2 s, 4 s ... doubling
+# up to 5 minutes, each wait drawn between half and all of that ("equal jitter", so that
+# many runs hit by one outage do not retry in step). After
+# OUTAGE seconds without a proposal (--autoresearch-outage) the run stops cleanly; the
+# experiment was never journaled as done, so the next run proposes it again.
+OUTAGE = 1800.0
+BACKOFF_FIRST = 1.0
+BACKOFF_CAP = 300.0
+
+
+def backoff(tries: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the ``tries``-th failure in a row (1-based)."""
+    ceiling = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** max(0, tries - 1))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
 
 
 class RunState:
@@ -34,6 +53,12 @@ class RunState:
         self._trial_ids = itertools.count(1)
         self._stopping: tuple[str, bool] | None = None  # (why, failed) once no more may start
         self._proposing: int | None = None  # the experiment being proposed or repaired
+        # The proposer unavailable: since when, failures in a row, when to try again, and
+        # what the failed attempts of each waiting experiment spent (billed with it).
+        self._outage_since: float | None = None
+        self._outage_tries = 0
+        self._retry_at = 0.0
+        self._waiting: dict[int, Cost] = {}
 
     @property
     def done(self) -> int:
@@ -53,7 +78,7 @@ class RunState:
 
     def _stop_reason(self: Any, started: float) -> str | None:
         """Why no further experiment may start (cost cap, time budget), or None."""
-        cost = self.st.cost
+        cost = self.spent()
         if self.s.max_cost is not None and cost.usd >= self.s.max_cost:
             return f"cost cap reached: ${cost.usd:.2f} of ${self.s.max_cost:.2f}"
         budget = self.s.time_budget
@@ -66,8 +91,59 @@ class RunState:
             )
         return None
 
+    def spent(self: Any) -> Cost:
+        """Every token spent so far: finished experiments, those in flight, failed attempts."""
+        cost = self.st.cost
+        for cand in {id(c): c for c in self.pending.values()}.values():
+            cost = cost + cand.cost
+        for waiting in self._waiting.values():
+            cost = cost + waiting
+        return cost
+
     def _learn(self: Any, rec: dict) -> None:
         self.st.learn(rec)
+
+    # -- the proposer unavailable: back off, propose the same experiment again ------------
+
+    def _unavailable(self: Any, exc: Exception) -> None:
+        """A transient failure: wait (or let in-flight results come back), or stop."""
+        now = self.clock()
+        if self._outage_since is None:
+            self._outage_since = now
+        self._outage_tries += 1
+        limit = self.s.outage if self.s.outage is not None else OUTAGE
+        down = now - self._outage_since
+        if down >= limit:
+            self._stopping = (
+                f"the proposer was unavailable for {down:.0f}s (--autoresearch-outage "
+                f"{limit:.0f}s): {exc}; run the same command again to resume",
+                False,
+            )
+            return
+        # The service's own Retry-After when it gave one, else the jittered back-off.
+        hint = getattr(exc, "retry_after", None)
+        wait = min(BACKOFF_CAP, hint) if hint is not None else backoff(self._outage_tries)
+        wait = min(wait, limit - down)
+        self._retry_at = now + wait
+        self.echo(
+            f"  proposer unavailable ({exc}); trying again in {wait:.0f}s "
+            f"(failure {self._outage_tries}, down {down:.0f}s of {limit:.0f}s allowed)"
+        )
+
+    def _outage_allows(self: Any) -> bool:
+        """Whether to propose now; with nothing in flight, sleeps out the back-off first."""
+        wait = self._retry_at - self.clock()
+        if wait <= 0:
+            return True
+        if self.pending:
+            return False  # handle what comes back meanwhile; try again after it
+        self.sleep(wait)
+        return True
+
+    def _outage_over(self: Any) -> None:
+        if self._outage_since is not None:
+            self.echo(f"  proposer available again after {self._outage_tries} failure(s)")
+        self._outage_since, self._outage_tries, self._retry_at = None, 0, 0.0
 
     # -- the baseline's values ----------------------------------------------------------
 

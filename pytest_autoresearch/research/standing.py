@@ -78,6 +78,9 @@ class Standing:
                 delta=rec.get("improvement"),
                 reason=rec.get("reason", ""),
                 params=rec.get("params"),
+                metrics=rec.get("metrics") or None,
+                diff=rec.get("diff") or "",
+                log_tail=rec.get("log_tail") or "",
             )
         )
         self.cost = self.cost + Cost(**(rec.get("cost") or {}))
