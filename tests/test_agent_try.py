@@ -112,43 +112,33 @@ def out(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_an_agent_loop_keep_noise_refused_and_status(tmp_path: Path) -> None:
-    agent = Agent(tmp_path, noisy=True)
+def test_an_agent_loop_keep_refused_status(tmp_path: Path) -> None:
+    agent = Agent(tmp_path)
     main = git(agent.root, "rev-parse", "main")
 
     # A real gain: kept on the research branch, and the checkout stays there (X = 5).
     kept = agent("set-x", "5.0", "move X to 5", "--autoresearch-json")
     assert kept.returncode == 0, out(kept)
-    assert verdict(kept)[:2] == ["keep", "loss"]
+    assert verdict(kept)[:3] == ["keep", "loss", "2"]
     data = json.loads(next(ln for ln in kept.stdout.splitlines() if ln.startswith("{")))
-    assert data["verdict"] == "keep" and data["exit_code"] == 0 and data["delta"] < -4
+    assert data["verdict"] == "keep" and data["exit_code"] == 0 and data["delta"] == -5
     assert git(agent.root, "symbolic-ref", "HEAD") == "refs/heads/" + BRANCH
     assert git(agent.root, "rev-parse", BRANCH) == data["commit"] != main
     assert "X = 5.0" in agent.model() and agent.clean()
     assert git(agent.root, "rev-parse", "main") == main  # the user's branch untouched
-
-    # Within the noise: discarded, the tree back at the best, the change saved and named.
-    noise = agent("set-x", "5.02", "nudge X")
-    assert noise.returncode == 1, out(noise)
-    words = verdict(noise)
-    assert words[0] == "discard", words
-    patch = Path(words[-1].rstrip(")"))
-    assert patch.is_file() and "X = 5.02" in patch.read_text()
-    assert "X = 5.0" in agent.model() and agent.clean()
 
     # A protected file edited: refused before anything runs, the tree restored.
     cheat = agent("cheat", "3.0", "perfect score")
     assert cheat.returncode == 2, out(cheat)
     words = verdict(cheat)
     assert words[0] == "refused" and "tests/test_metric.py" in " ".join(words), words
-    assert (
-        agent.clean() and "return abs(model.X" in (agent.root / "tests/test_metric.py").read_text()
-    )
+    metric_test = (agent.root / "tests/test_metric.py").read_text()
+    assert agent.clean() and "return abs(model.X" in metric_test and "X = 5.0" in agent.model()
     saved = Path(words[-1].rstrip(")")).read_text()
-    assert "return 0.0" in saved  # nothing lost: the whole change is in the record
+    assert "return 0.0" in saved and "X = 3.0" in saved  # nothing lost: all in the record
 
     recs = agent.records()
-    assert [r["status"] for r in recs] == ["keep", "discard", "rejected"]
+    assert [r["status"] for r in recs] == ["keep", "rejected"]
     assert {r["proposer"] for r in recs} == {"working-tree"}
     assert len(git(agent.root, "log", "--format=%H", f"main..{BRANCH}").split()) == 1
 
@@ -156,9 +146,9 @@ def test_an_agent_loop_keep_noise_refused_and_status(tmp_path: Path) -> None:
     status = agent("status", "--autoresearch-json")
     assert status.returncode == 0, out(status)
     view = json.loads(status.stdout.strip().splitlines()[-1])
-    assert view["done"] == 3 and view["kept"] == 1 and view["noise"] > 0
-    assert [r["status"] for r in view["last"]] == ["keep", "discard", "rejected"]
-    assert "nudge X" in status.stdout
+    assert view["done"] == 2 and view["kept"] == 1 and view["best"] == 2.0
+    assert [r["status"] for r in view["last"]] == ["keep", "rejected"]
+    assert "perfect score" in status.stdout
 
     # A commit made by hand on the research branch: the judge refuses to build on it.
     (agent.root / "tests" / "test_metric.py").write_text("def test_loss():\n    pass\n")
@@ -166,7 +156,21 @@ def test_an_agent_loop_keep_noise_refused_and_status(tmp_path: Path) -> None:
     sneaked = agent("set-x", "3.0", "on a forged best")
     assert sneaked.returncode == 2, out(sneaked)
     assert verdict(sneaked)[0] == "refused" and "moved by hand" in sneaked.stdout
-    assert "X = 3.0" in agent.model() and len(agent.records()) == 3  # nothing touched
+    assert "X = 3.0" in agent.model() and len(agent.records()) == 2  # nothing touched
+
+
+def test_a_change_within_the_noise_is_discarded(tmp_path: Path) -> None:
+    agent = Agent(tmp_path, noisy=True)
+    noise = agent("set-x", "10.02", "nudge X", "--autoresearch-json")
+    assert noise.returncode == 1, out(noise)
+    words = verdict(noise)
+    assert words[0] == "discard", words
+    data = json.loads(next(ln for ln in noise.stdout.splitlines() if ln.startswith("{")))
+    assert data["noise"] > 0.001 and abs(data["delta"]) < 0.5
+    patch = Path(words[-1].rstrip(")"))
+    assert patch.is_file() and "X = 10.02" in patch.read_text()
+    assert "X = 10.0" in agent.model() and agent.clean()  # back at the best
+    assert git(agent.root, "rev-parse", BRANCH) == git(agent.root, "rev-parse", "main")
 
 
 def test_usage_errors_touch_nothing(tmp_path: Path) -> None:
@@ -192,10 +196,10 @@ def test_usage_errors_touch_nothing(tmp_path: Path) -> None:
     assert not (agent.root / ".autoresearch" / TAG / "experiments.jsonl").exists()
 
 
-@pytest.mark.parametrize("fault", ["evaluation:1"])
-def test_a_try_killed_with_minus_9_is_resumed(tmp_path: Path, fault: str) -> None:
+def test_a_try_killed_with_minus_9_is_resumed(tmp_path: Path) -> None:
     agent = Agent(tmp_path)
-    killed = agent("set-x", "5.0", "move X to 5", env={"AUTORESEARCH_FAULT": fault})
+    # Killed after the candidate's first evaluation (tests/test_crash_safety.py's faults).
+    killed = agent("set-x", "5.0", "move X to 5", env={"AUTORESEARCH_FAULT": "evaluation:1"})
     assert killed.returncode == -9, out(killed)
     # The agent saw no verdict and runs the same command again: the experiment is resumed.
     again = agent("set-x", "5.0", "move X to 5")
