@@ -52,6 +52,8 @@ _METAVARS = {
     "workers": "N",
     "ray": "ADDRESS",
     "serve": "[HOST:]PORT",
+    "outage": "DURATION",
+    "notebook_tokens": "N",
 }
 RAY_FORMS = (
     "'local' (a throwaway Ray instance on this machine), 'auto' (the cluster this machine "
@@ -194,8 +196,9 @@ _OPTIONS: list[tuple[str, Any, Any, str]] = [
     (
         "thinking",
         _non_negative_int,
-        0,
-        "extended-thinking budget in tokens for the anthropic proposer; 0 = off (default 0)",
+        None,
+        "extended-thinking budget in tokens for the anthropic proposer; 0 = off (default: "
+        "adaptive thinking on models that take it, Claude 4.6 and later; off on others)",
     ),
     ("max_turns", _positive_int, 30, "max LLM turns (tool calls) per proposal (default 30)"),
     (
@@ -211,6 +214,22 @@ _OPTIONS: list[tuple[str, Any, Any, str]] = [
         "endpoint for the openai proposer (default: $OPENAI_BASE_URL, else OpenAI's)",
     ),
     ("max_cost", _usd, None, "stop cleanly once LLM proposals have cost this many US dollars"),
+    (
+        "outage",
+        duration_option,
+        1800.0,
+        "how long the proposer may stay unavailable (API overloaded, 5xx, unreachable) "
+        "while the loop backs off and retries the same experiment; then the run stops "
+        "cleanly and a later run resumes (90s, 45m, 2h; default 30m)",
+    ),
+    (
+        "notebook_tokens",
+        _positive_int,
+        12000,
+        "token budget of the lab notebook in an LLM's prompt: the journal with metrics, "
+        "kept and near-miss diffs, failure log tails (default 12000, sized for 200 "
+        "experiments; older entries are summarised)",
+    ),
     (
         "time_budget",
         duration_option,
