@@ -53,7 +53,7 @@ KNOBS = {  # name: (low, high, best) -- the synthetic objective's optimum
 }
 CRASH_LOG = "\n".join(
     [f"nanochat/train.py:{200 + i}: in forward" for i in range(30)]
-    + ["torch._dynamo.exc.Unsupported: export of a 14-block model ran out of the FLOP budget"]
+    + ["torch._dynamo.exc.Unsupported: export of a deep model ran out of the FLOP budget"]
 )
 
 
@@ -107,7 +107,7 @@ def constants(source: str) -> dict[str, float]:
 def evaluator(repo: FakeRepo, rng: random.Random):
     def evaluate(metric_args, guard_args, timeout) -> Evaluation:
         knobs = constants(repo.tree[TRAIN])
-        if knobs["DEPTH"] > 12:
+        if knobs["DEPTH"] > 10:
             return Evaluation(
                 "crash", duration=40.0, returncode=1, log_tail=CRASH_LOG, reason="test_val_bpb"
             )
@@ -133,14 +133,17 @@ def model_turns(root: Path, rng: random.Random, index: int) -> list:
         name = rng.choice(sorted(KNOBS))
         old = re.search(rf"^{name} = ([0-9.e-]+)", source, re.MULTILINE)[1]
         lo, hi, _best = KNOBS[name]
-        new = rng.randint(int(lo), int(hi)) if float(old).is_integer() else rng.uniform(lo, hi)
-        new_text = str(new) if isinstance(new, int) else f"{new:.4g}"
+        new_text = old
+        while new_text == old:  # a real change every time
+            integer = float(old).is_integer()
+            new = rng.randint(int(lo), int(hi)) if integer else rng.uniform(lo, hi)
+            new_text = str(new) if isinstance(new, int) else f"{new:.4g}"
         blocks = [
             edit("str_replace", TRAIN, old_str=f"{name} = {old}", new_str=f"{name} = {new_text}")
         ]
         if index % 10 == 1:
             note = f"- #{index}: {name} matters; tried {new_text}. Next: the schedule.\n"
-            blocks.append(edit("insert", "NOTES.md", insert_line=0, insert_text=note))
+            blocks.append(edit("insert", "NOTES.md", insert_line=1, insert_text=note))
         state.update(desc=f"{name} {old} -> {new_text}")
         return message(*blocks)
 
