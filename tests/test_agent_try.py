@@ -142,13 +142,14 @@ def test_an_agent_loop_keep_refused_status(tmp_path: Path) -> None:
     assert {r["proposer"] for r in recs} == {"working-tree"}
     assert len(git(agent.root, "log", "--format=%H", f"main..{BRANCH}").split()) == 1
 
-    # The agent's view before its next try: best, noise, the last experiments.
+    # The agent's view before its next try: best, noise, the last experiments, the notes.
+    (agent.root / ".autoresearch" / TAG / "NOTES.md").write_text("X near 3 looks best\n")
     status = agent("status", "--autoresearch-json")
     assert status.returncode == 0, out(status)
     view = json.loads(status.stdout.strip().splitlines()[-1])
     assert view["done"] == 2 and view["kept"] == 1 and view["best"] == 2.0
     assert [r["status"] for r in view["last"]] == ["keep", "rejected"]
-    assert "perfect score" in status.stdout
+    assert "perfect score" in status.stdout and "X near 3 looks best" in status.stdout
 
     # A commit made by hand on the research branch: the judge refuses to build on it.
     (agent.root / "tests" / "test_metric.py").write_text("def test_loss():\n    pass\n")
