@@ -42,6 +42,7 @@ class Cut:
 
     body: dict
     events: int = 3
+    clean: bool = False  # end the body properly after them (no message_stop, no error)
 
 
 @dataclass
@@ -86,7 +87,7 @@ class LLMServer:
                 )
                 reply = server._answer(req)
                 if isinstance(reply, Cut):
-                    return self._stream(reply.body, reply.events)
+                    return self._stream(reply.body, reply.events, reply.clean)
                 streamed = isinstance(body, dict) and body.get("stream") is True
                 if streamed and reply.status == 200 and _is_message(reply.body):
                     return self._stream(reply.body, None)
@@ -99,13 +100,15 @@ class LLMServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, msg: dict, cut_after: int | None) -> None:
+            def _stream(self, msg: dict, cut_after: int | None, clean: bool = False) -> None:
                 """The message as server-sent events, chunked; cut after some if asked."""
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
                 for i, (name, data) in enumerate(sse_events(msg)):
+                    if cut_after is not None and i >= cut_after and clean:
+                        break
                     if cut_after is not None and i >= cut_after:
                         self.wfile.write(b"40\r\nevent: content_block_delta\ndata: {")
                         self.wfile.flush()
