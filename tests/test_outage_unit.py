@@ -107,3 +107,33 @@ def test_backoff_doubles_to_its_cap() -> None:
     waits = [run_state.backoff(n, rng) for n in range(1, 15)]
     assert all(w <= run_state.BACKOFF_CAP for w in waits)
     assert waits[-1] >= run_state.BACKOFF_CAP / 2 and waits[0] <= run_state.BACKOFF_FIRST
+
+
+def test_with_two_workers_results_are_handled_while_backing_off(tmp_path: Path) -> None:
+    from test_parallel_unit import Rig as ParallelRig
+
+    rig = ParallelRig(
+        tmp_path,
+        [Step("x to 3", write={"model.py": "X = 3.0\n"}),
+         Step("y to 1", write={"other.py": "Y = 1.0\n"})],
+        experiments=2,
+    )  # fmt: skip
+    inner, calls, in_flight_at_sleep = rig.proposer, [], []
+
+    class OnceDown:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def propose(self, ctx):
+            calls.append(ctx.experiment)
+            if calls.count(2) == 1 and ctx.experiment == 2:
+                raise ProposerUnavailable("overloaded")
+            return inner.propose(ctx)
+
+    rig.loop.proposer = OnceDown()
+    rig.loop.sleep = lambda seconds: in_flight_at_sleep.append(len(rig.loop.pending))
+    result = rig.run()
+    assert sorted(r["index"] for r in rig.journal.of("experiment")) == [1, 2]
+    assert "error" not in [r["status"] for r in rig.journal.of("experiment")]
+    assert result.done == 2 and calls.count(2) == 2
+    assert all(n == 0 for n in in_flight_at_sleep)  # never slept with a result to handle
