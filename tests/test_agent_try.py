@@ -112,6 +112,7 @@ def out(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_an_agent_loop_keep_refused_status(tmp_path: Path) -> None:
     agent = Agent(tmp_path)
     main = git(agent.root, "rev-parse", "main")
@@ -160,6 +161,7 @@ def test_an_agent_loop_keep_refused_status(tmp_path: Path) -> None:
     assert "X = 3.0" in agent.model() and len(agent.records()) == 2  # nothing touched
 
 
+@pytest.mark.slow
 def test_a_change_within_the_noise_is_discarded(tmp_path: Path) -> None:
     agent = Agent(tmp_path, noisy=True)
     noise = agent("set-x", "10.02", "nudge X", "--autoresearch-json")
@@ -197,6 +199,7 @@ def test_usage_errors_touch_nothing(tmp_path: Path) -> None:
     assert not (agent.root / ".autoresearch" / TAG / "experiments.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_try_killed_with_minus_9_is_resumed(tmp_path: Path) -> None:
     agent = Agent(tmp_path)
     # Killed after the candidate's first evaluation (tests/test_crash_safety.py's faults).
@@ -226,6 +229,7 @@ def gh() -> GitHubServer:
         yield server
 
 
+@pytest.mark.slow
 def test_a_run_of_tries_is_published_as_one_pull_request(tmp_path: Path, gh: GitHubServer) -> None:
     agent = Agent(tmp_path)
     origin = tmp_path / "origin.git"
