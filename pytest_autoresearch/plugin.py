@@ -136,11 +136,38 @@ def pytest_load_initial_conftests(early_config: pytest.Config, args: list[str]) 
     from pytest_autoresearch.sandbox.channel import ChannelError, EvalChannel
 
     try:
-        early_config.stash[_CHANNEL_KEY] = EvalChannel.open(spec)
+        channel = early_config.stash[_CHANNEL_KEY] = EvalChannel.open(spec)
     except ChannelError as exc:
         raise pytest.UsageError(str(exc)) from None
+    early_config.stash[_WATCH_KEY] = _watch(channel, early_config.rootpath)
     if hasattr(early_config.known_args_namespace, "numprocesses"):
         args += ["-n", "0"]  # last wins over addopts: an evaluation never starts xdist workers
+
+
+_WATCH_KEY = pytest.StashKey[Any]()
+
+
+def _watch(channel: Any, root: Path) -> Any:
+    """Tamper evidence for this evaluation (sandbox/tamper.py), before any project code runs.
+
+    ``AUTORESEARCH_TAMPER_CHECK=off`` in the loop's environment turns it off (a false alarm
+    on your code: say so in an issue); the experiment code cannot: it runs after this.
+    """
+    import os
+    import sys
+
+    if os.environ.get("AUTORESEARCH_TAMPER_CHECK", "").lower() in ("off", "0", "false"):
+        return None
+
+    from pytest_autoresearch.metrics import json_file, metric
+    from pytest_autoresearch.metrics import session as metrics_session
+    from pytest_autoresearch.sandbox import channel as channel_module
+    from pytest_autoresearch.sandbox import tamper
+
+    modules = [sys.modules[__name__], sys.modules["pytest_autoresearch"], metric]
+    modules += [metrics_session, json_file, channel_module, tamper]
+    reference = metric.metric(goal="min")(lambda: 0.0)  # every wrapper shares this code
+    return tamper.watch(channel, root, modules, reference.__code__)
 
 
 def read_settings(config: pytest.Config) -> Settings:
@@ -241,6 +268,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         item.stash[_INFO_KEY] = _ItemInfo(spec, callspec.id if callspec else None)
         found = True
+        watcher = config.stash.get(_WATCH_KEY, None)
+        if watcher is not None and spec is not None:
+            watcher.protect(item.nodeid, item.obj)
     if found and not config.pluginmanager.is_registered(MetricItemHooks):
         # Per-test hooks only when there is something to measure: a suite without metric
         # tests pays nothing per test.
@@ -269,6 +299,9 @@ class MetricItemHooks:
         if call.when == "setup" and report.outcome == "passed":
             return report
         activate(None)
+        watcher = item.config.stash.get(_WATCH_KEY, None)
+        if watcher is not None:
+            watcher.check_recorder(item.nodeid, recorder, Recorder, Measurement)
         entries = _entries(recorder, report)
         report.autoresearch = {"metrics": entries}
         for entry in entries:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from attack_notes import note_prelude
 from proctree import process_tree
 from toyproject import PROGRAM, git, make_toy, model_source, read_jsonl, step
 
@@ -51,15 +52,12 @@ def run_loop(pytester: pytest.Pytester, n: int = 1, *extra: str):
 
 
 def attack(log: Path, body: str) -> str:
-    """toy/model.py: X = 10, then ``body`` (which sets X = 3.0 when its cheat works)."""
-    prelude = (
-        "import os, sys\n"
-        f"ATTACK_LOG = {str(log)!r}\n"
-        "def note(*words):\n"
-        "    with open(ATTACK_LOG, 'a') as fh:\n"
-        "        fh.write(' '.join(str(w) for w in words) + '\\n')\n"
-    )
-    return model_source(10.0, prelude + body)
+    """toy/model.py: X = 10, then ``body`` (which sets X = 3.0 when its cheat works).
+
+    ``note(...)`` reaches ``log`` over a Unix socket: the filesystem outside the checkout is
+    read-only to an evaluation.
+    """
+    return model_source(10.0, note_prelude(log) + body)
 
 
 def experiments(root: Path) -> list[dict]:
@@ -143,7 +141,14 @@ import atexit, gc, json, threading, time
 FORGED = {"version": 1, "exitstatus": 0, "tests": [], "metrics": [
     {"name": "loss", "value": 0.0, "samples": [0.0], "goal": "min",
      "nodeid": "tests/test_metric.py::test_loss", "outcome": "passed"}]}
-channels = [o for o in gc.get_objects() if type(o).__name__ == "EvalChannel"]
+# Not gc (the plugin's audit hook reports that at once): walk the stack to pytest's Config.
+import pytest_autoresearch.plugin as plugin
+frame, channels = sys._getframe(), []
+while frame is not None and not channels:
+    for value in list(frame.f_locals.values()):
+        if type(value).__name__ == "Config" and plugin._CHANNEL_KEY in value.stash:
+            channels = [value.stash[plugin._CHANNEL_KEY]]
+    frame = frame.f_back
 if channels:
     FD, NONCE = os.dup(channels[0]._fd), channels[0]._nonce
     note("stole the channel", len(NONCE))
@@ -171,7 +176,10 @@ for i, arg in enumerate(sys.argv):
 """
 
 
-def test_rewriting_the_result_after_pytest_reported_is_ignored(pytester: pytest.Pytester) -> None:
+def test_rewriting_the_result_after_pytest_reported_never_counts(
+    pytester: pytest.Pytester,
+) -> None:
+    """The forged lines come after the plugin's: never taken, and evidence of tampering."""
     log = pytester.path.parent / "attack.log"
     root = make_toy(
         pytester.path,
@@ -184,7 +192,10 @@ def test_rewriting_the_result_after_pytest_reported_is_ignored(pytester: pytest.
     assert "atexit wrote after the report" in notes and "thread wrote" in notes, notes
     assert "metrics file" not in notes
     rec = assert_not_kept(root, result)
-    assert rec["objective"] == 7.0  # what was measured, not what was written afterwards
+    # The first message (the plugin's, 7.0) would be the value; the lines after it with the
+    # same nonce show that someone else had it: the run is rejected as tampering.
+    assert rec["status"] == "rejected", rec
+    assert "messages with this run's nonce" in rec["reason"], rec["reason"]
 
 
 # -- writing into .git and the record -----------------------------------------------------------
@@ -215,7 +226,8 @@ def test_git_dir_and_record_cannot_be_written(pytester: pytest.Pytester) -> None
     result = run_loop(pytester)
     assert result.ret == 0, result.stdout.str()
     notes = log.read_text()
-    assert "record visible: []" in notes, notes
+    # Hidden: none of the record's files; only the evaluation's own fresh scratch lives there.
+    assert "record visible: ['tmp']" in notes, notes
     for name in ("hook", "config", "ref"):
         assert f"refused {name} Read-only file system" in notes, notes
     # The record "writes" landed in an empty tmpfs that vanished with the evaluation.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -148,23 +147,31 @@ def test_loss():
 """
 
 
+NO_WATCH = {"AUTORESEARCH_TAMPER_CHECK": "off"}  # the channel alone, without tamper.py
+
+
 @pytest.mark.slow
-def test_rewrites_after_the_report_are_ignored(tmp_path: Path) -> None:
-    """An atexit hook and a thread holding the stolen nonce write loss 0 after the report."""
+def test_rewrites_after_the_report_never_count(tmp_path: Path) -> None:
+    """An atexit hook and a thread holding the stolen nonce write loss 0 after the report:
+    never taken (the first message wins), and the extra lines reject the run as tampering."""
     (tmp_path / "test_m.py").write_text(AFTER_THE_FACT)
-    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **NO_WATCH}
     ev = evaluate(tmp_path, ["test_m.py"], [], 60, env=env)
-    assert ev.status == "ok", ev.reason + ev.log_tail
-    assert ev.metrics["loss"].value == 7.0
+    assert ev.status == "rejected", ev.reason + ev.log_tail
+    assert "3 messages with this run's nonce" in ev.reason and not ev.metrics
 
 
-def test_the_forgery_would_win_if_written_first(tmp_path: Path) -> None:
-    """The control, and the documented limit: in-process code writing *before* the report."""
+def test_a_forgery_written_first_is_caught_by_the_plugins_own_message(tmp_path: Path) -> None:
+    """The documented limit: in-process code writing *before* the report is first; the
+    plugin's own message after it gives it away (and tamper.py catches the gc hunt first)."""
     source = AFTER_THE_FACT.replace("atexit.register(lambda: os.write(FD, forged()))", "")
     source = source.replace("threading.Thread(target=late, daemon=False).start()", "")
     source += "\nos.write(FD, forged())\n"
     (tmp_path / "test_m.py").write_text(source)
     env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    ev = evaluate(tmp_path, ["test_m.py"], [], 60, env=env)
-    assert ev.metrics["loss"].value == 0.0  # see docs/isolation.md: what remains possible
-    assert json.loads(json.dumps(ev.metrics["loss"].samples)) == [0.0]
+    ev = evaluate(tmp_path, ["test_m.py"], [], 60, env={**env, **NO_WATCH})
+    assert ev.status == "rejected" and "2 messages" in ev.reason, ev.reason + ev.log_tail
+    assert not ev.metrics  # the forged 0.0 is never a value
+    watched = evaluate(tmp_path, ["test_m.py"], [], 60, env=env)
+    assert watched.status == "rejected", watched.reason + watched.log_tail
+    assert "gc.get_objects() called from " in watched.reason, watched.reason

@@ -190,6 +190,48 @@ def shared(value: Any, root: Path, fail: Fail) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def caches(value: Any, root: Path, fail: Fail) -> tuple[str, ...]:
+    """``cache:``: existing folders or files outside the checkout that evaluations may write.
+
+    A trust decision (docs/isolation.md): everything else outside the checkout is read-only
+    to an evaluation and its HOME is fresh each time; a cache is kept between evaluations,
+    verified append-only around each one. Absolute, ``~/...`` or relative to the rootdir.
+    """
+    out = []
+    home = Path.home().resolve()
+    real_root = root.resolve()
+    for raw in strings(value, "cache", fail) if value is not None else ():
+        path = (root / Path(raw).expanduser()).resolve()
+        if path in (Path(path.anchor), home) or path == real_root or path in real_root.parents:
+            raise fail(
+                "cache",
+                f"the cache {raw!r} is {path}, which covers the home folder, the checkout or "
+                "the whole disk",
+                "name the cache folder itself, e.g. ~/.cache/huggingface",
+            )
+        if real_root in path.parents:
+            raise fail(
+                "cache",
+                f"the cache {raw!r} is inside the checkout, which evaluations write anyway "
+                "(and the tree fingerprint checks)",
+                "remove it from cache; for workers' checkouts use shared: instead",
+            )
+        if PROTECTED_PARTS.intersection(p.casefold() for p in path.parts):
+            raise fail(
+                "cache",
+                f"the cache {raw!r} is inside git's or the loop's own files",
+                "name a folder of your own, e.g. ~/.cache/my-dataset",
+            )
+        if not path.exists():
+            raise fail(
+                "cache",
+                f"the cache {raw!r} ({path}) does not exist",
+                "create it first (mkdir -p), or remove it: a missing path stays read-only",
+            )
+        out.append(str(path))
+    return tuple(dict.fromkeys(out))
+
+
 # -- value shapes -----------------------------------------------------------------------
 
 

@@ -81,6 +81,7 @@ class Program:
     gpus_per_worker: int = 1  # each worker's own GPUs (0: hidden from the evaluations)
     lean: bool | tuple[str, ...] = False  # a tuple: lean, keeping these plugins loaded
     shared: tuple[str, ...] = ()  # untracked paths linked into workers' checkouts
+    cache: tuple[str, ...] = ()  # absolute paths outside the checkout evaluations may write
     instructions: str = ""
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     program_relpath: str | None = field(default=None, compare=False, repr=False)

@@ -22,6 +22,8 @@ Program(path, editable, objective, guards=(), holdout=None, constraints=(), time
     .lean: bool | tuple[str, ...]       start evaluations with only the plugins they need
                                         (a tuple: plugin names to keep loaded as well)
     .shared: tuple[str, ...]            untracked paths linked into every worker's checkout
+    .cache: tuple[str, ...]             absolute paths evaluations may write and keep (verified
+                                        append-only around each; the rest is read-only)
 load_program(path, root) -> Program     reads and validates; raises ProgramError
 parse_program(text, path, root) -> Program
 glob_to_regex(glob) -> re.Pattern
@@ -73,6 +75,8 @@ KEYS: dict[str, str] = {
     "lean": "start evaluations with only the plugins the metric tests need: true, or a list "
     "of pytest plugins to keep loaded as well (default false)",
     "shared": 'untracked paths the workers\' checkouts link to, e.g. ["data/"] (a dataset)',
+    "cache": "paths outside the checkout that evaluations may write and keep (everything "
+    'else there is read-only to them), e.g. ["~/.cache/huggingface"]; a trust decision',
 }
 
 
@@ -208,6 +212,7 @@ def _build(
         gpus_per_worker=fields.count(data, "gpus_per_worker", fail, least=0, default=1),
         lean=fields.lean(data.get("lean", False), fail),
         shared=fields.shared(data.get("shared", ()), root, fail),
+        cache=fields.caches(data.get("cache"), root, fail),
         instructions=instructions,
         lines=lines,
         program_relpath=program_rel,

@@ -77,7 +77,7 @@ class TestResult:
 class Evaluation:
     """What one run of the metric tests and guards produced."""
 
-    status: str  # "ok" | "crash" | "timeout"
+    status: str  # "ok" | "crash" | "timeout" | "rejected" (tampering: never a value)
     metrics: dict[str, MetricValue] = field(default_factory=dict)
     tests: list[TestResult] = field(default_factory=list)
     guards_passed: bool = False
@@ -107,28 +107,44 @@ def evaluate(
     ``tmp_root``: where the log and the cache go (a folder the child cannot see, ideally);
     a system temp folder when None. Leftovers of a killed run: ``cleanup_stale(tmp_root)``.
     """
+    from pytest_autoresearch.sandbox.caches import guard_of
     from pytest_autoresearch.sandbox.channel import ResultChannel
     from pytest_autoresearch.sandbox.isolation import plain_launcher
+    from pytest_autoresearch.sandbox.scratch import apply, make_scratch
 
+    launcher = launcher or plain_launcher()
+    guard = guard_of(launcher)
+    problem = guard.check("since the last evaluation") if guard is not None else ""
+    if problem:  # a poisoned cache would change this measurement: do not take it
+        return Evaluation(status="rejected", reason=problem)
     tmp = _make_tmp(tmp_root)
     log_path = tmp / "output.log"
     channel = ResultChannel()
+    scratch, fresh = make_scratch(tmp, guard.paths if guard is not None else ())
     cmd = [
         sys.executable, "-m", "pytest", "-p", "autoresearch", channel.argument, "-q",
         # A throwaway cache: --ff/--lf/--sw from addopts work, and nothing lands in the repo.
-        "-o", f"cache_dir={tmp / 'cache'}",
+        "-o", f"cache_dir={scratch / 'pytest-cache'}",
         *extra_args, *metric_args, *guard_args,
     ]  # fmt: skip
     base = dict(os.environ if env is None else env)
     secrets = secret_values(base)
+    if "PYTHONUSERBASE" in base:
+        fresh.pop("PYTHONUSERBASE", None)
     try:
         # The parent opens the log: under an isolated tmp_root the child cannot see its path.
         with open(log_path, "wb") as log:
             returncode, duration, timed_out = _run(
-                launcher or plain_launcher(), cmd, Path(root), child_environment(base), log,
+                launcher, cmd, Path(root), apply(child_environment(base), fresh), log,
                 channel, timeout,
             )  # fmt: skip
         tail = scrub(_tail(log_path), secrets)
+        problem = guard.check("during this evaluation") if guard is not None else ""
+        if problem:
+            return Evaluation(
+                status="rejected", duration=duration, returncode=returncode, log_tail=tail,
+                reason=problem,
+            )  # fmt: skip
         if timed_out:
             return Evaluation(
                 status="timeout",
@@ -138,6 +154,12 @@ def evaluate(
                 reason=f"timed out after {timeout:g}s",
             )
         data, problem = channel.result()
+        tamper = _tampering(data, channel.duplicates)
+        if tamper:
+            return Evaluation(
+                status="rejected", duration=duration, returncode=returncode, log_tail=tail,
+                reason=scrub(tamper, secrets),
+            )  # fmt: skip
         return _interpret(data, problem, returncode, duration, tail, required, secrets)
     finally:
         channel.close()
@@ -277,6 +299,20 @@ def _tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = 64_000) -> str:
 
 
 # -- reading the metrics JSON -----------------------------------------------------------
+
+
+def _tampering(data: dict[str, Any] | None, duplicates: int) -> str:
+    """Why the worker's report cannot be trusted (``tamper.py``'s findings), or ""."""
+    found = data.get("tamper") if isinstance(data, dict) else None
+    if isinstance(found, list) and found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        return f"tampering detected in the evaluation: {str(found[0])[:300]}{more}"
+    if duplicates:
+        return (
+            "tampering detected in the evaluation: the results channel carried "
+            f"{duplicates + 1} messages with this run's nonce (the plugin sends one)"
+        )
+    return ""
 
 
 def _interpret(

@@ -9,14 +9,19 @@ Nothing of it outlives the loop: the namespace's init dies with ``unshare`` (``-
 ``unshare`` dies with the loop (PR_SET_PDEATHSIG), and the kernel kills every process left in
 a PID namespace when its init exits.
 
-It uses ``unshare`` from util-linux and a small bootstrap (``BOOT``, run by the namespace's
-init) that does the mounts, drops the capabilities that could undo them, then runs pytest as
-its only child and exits with it. Where that does not work (macOS, a container that forbids
-namespaces) the plain launcher runs the command as it is and ``describe()`` says so.
+With ``world`` (what the research session asks for) everything outside the working
+directory, a fresh scratch (HOME, TMPDIR) and the ``writable`` paths (program.md's ``cache:``)
+is read-only as well: nothing one evaluation writes there reaches a later one.
+
+It uses ``unshare`` from util-linux and a small bootstrap (``boot.BOOT``, run by the
+namespace's init) that does the mounts, drops the capabilities that could undo them, then
+runs pytest as its only child and exits with it. Where that does not work (macOS, a
+container that forbids namespaces) the plain launcher runs the command as it is and
+``describe()`` says so.
 
 API::
 
-    IsolationSpec(sandbox=True, network=True, readonly=(), hidden=())
+    IsolationSpec(sandbox=True, network=True, readonly=(), hidden=(), world=False, writable=())
     IsolationError                       a requested isolation cannot be had (says what to do)
     make_launcher(spec) -> Launcher      probes once per process and spec what works here
     plain_launcher() -> Launcher         no isolation (the default of evaluate())
@@ -24,7 +29,8 @@ API::
     Launcher.describe() -> str           one line for the start of a session
     Launcher.popen(cmd, *, cwd, env, stdout, pass_fds=()) -> subprocess.Popen
     git_paths(root) -> tuple[Path, ...]  the repository's git dir(s): the usual ``readonly``
-    for_research(root, record_dir, sandbox=, network=) -> Launcher   what the session uses
+    for_research(root, record_dir, sandbox=, network=, checkout_readonly=, caches=,
+                 world_readonly=True) -> Launcher   what the session uses
 
 See docs/isolation.md for what is isolated, how, and what remains possible.
 """
@@ -37,10 +43,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
+
+from pytest_autoresearch.sandbox.boot import BOOT, PSEUDO_FS
+from pytest_autoresearch.sandbox.scratch import home_links
 
 DOCS = "docs/isolation.md"
 PROBE_TIMEOUT = 10.0
@@ -54,6 +63,9 @@ class IsolationSpec:
     network: bool = True  # program.md `network: off` blocks it (loopback only)
     readonly: tuple[Path, ...] = ()  # e.g. the repository's git dir(s): read-only
     hidden: tuple[Path, ...] = ()  # e.g. the record dir .autoresearch/<tag>: not visible
+    # Everything but the working directory, the scratch and ``writable`` read-only (boot.py).
+    world: bool = False
+    writable: tuple[Path, ...] = ()  # program.md's cache: paths, written and kept
 
 
 class IsolationError(Exception):
@@ -121,9 +133,11 @@ class PlainLauncher:
     """The command as it is, in its own process group; isolation only by what evaluate strips."""
 
     name = "plain"
+    world_readonly = False  # True: only the checkout, the scratch and the caches are writable
 
     def __init__(self, line: str = "isolation: none (plain subprocess)") -> None:
         self._line = line
+        self.caches: tuple[Path, ...] = ()  # program.md's cache:, verified around evaluations
 
     def describe(self) -> str:
         return self._line
@@ -153,6 +167,7 @@ class NamespaceLauncher(PlainLauncher):
         super().__init__(line)
         self._prefix = prefix  # unshare and its flags, up to "--"
         self._boot_spec = boot_spec
+        self.world_readonly = bool(boot_spec.get("world"))
 
     def command(self, cmd: list[str], *, probe: bool = False) -> list[str]:
         spec = dict(self._boot_spec, probe=probe)
@@ -185,6 +200,14 @@ def make_launcher(spec: IsolationSpec) -> PlainLauncher | NamespaceLauncher:
 
 
 def _choose(spec: IsolationSpec) -> PlainLauncher | NamespaceLauncher:
+    launcher = _choose_kind(spec)
+    if spec.writable and launcher.name == "plain":
+        shown = ", ".join(_short(p) for p in spec.writable)
+        launcher._line += f"; only the caches {shown} are verified around every evaluation"
+    return launcher
+
+
+def _choose_kind(spec: IsolationSpec) -> PlainLauncher | NamespaceLauncher:
     if not spec.sandbox and spec.network:
         return PlainLauncher(
             "isolation: off (sandbox: off in program.md) - experiment code can read this "
@@ -204,7 +227,8 @@ def _choose(spec: IsolationSpec) -> PlainLauncher | NamespaceLauncher:
         )
     return PlainLauncher(
         f"isolation: NONE on this system ({why_not}) - experiment code can read this "
-        f"process's environment through /proc, write .git and the record, and outlive a "
+        f"process's environment through /proc, write .git, the record, $HOME and /tmp "
+        f"(it gets a fresh HOME/TMPDIR, but nothing stops a write elsewhere), and outlive a "
         f"killed run; see {DOCS}"
     )
 
@@ -223,6 +247,8 @@ def _attempts(spec: IsolationSpec) -> list[tuple[list[str], bool]]:
     """unshare command lines to try, best first: (prefix, in a user namespace)."""
     unshare = shutil.which("unshare") or "unshare"
     inner = ["--pid", "--fork", "--kill-child", "--mount", "--mount-proc"] if spec.sandbox else []
+    if spec.sandbox and spec.world:
+        inner.append("--ipc")  # its own SysV IPC and POSIX queues: nothing kept between runs
     if not spec.network:
         inner.append("--net")
     if not spec.sandbox:
@@ -242,6 +268,10 @@ def _probe(spec: IsolationSpec) -> tuple[NamespaceLauncher | None, str]:
         "lo": not spec.network,
         "pid": spec.sandbox,
         "drop": list(DROP_CAPS),
+        "world": spec.world,
+        "writable": [str(Path(p).resolve()) for p in spec.writable],
+        "links": home_links(spec.writable),
+        "pseudo": PSEUDO_FS.split(),
     }
     why_not = "unshare failed"
     for prefix, userns in _attempts(spec):
@@ -282,6 +312,9 @@ def _line(spec: IsolationSpec, userns: bool) -> str:
             parts.append(", ".join(_short(p) for p in spec.readonly) + " read-only")
         if spec.hidden:
             parts.append(", ".join(_short(p) for p in spec.hidden) + " hidden")
+        if spec.world:
+            caches = "".join(f", {_short(p)}" for p in spec.writable)
+            parts.append(f"the rest read-only but the checkout{caches} and a fresh HOME/TMPDIR")
     else:
         parts.append("sandbox off (program.md)")
     if spec.network:
@@ -298,11 +331,17 @@ def for_research(
     sandbox: bool = True,
     network: bool = True,
     checkout_readonly: bool = False,
+    caches: Sequence[Path | str] = (),
+    world_readonly: bool = True,
 ) -> PlainLauncher | NamespaceLauncher:
     """The research session's launcher: git dirs read-only, the record hidden.
 
     ``checkout_readonly``: evaluations run elsewhere (workers' worktrees), so the user's
     whole work tree is read-only to them too (the record stays hidden inside it).
+    ``world_readonly``: everything outside the evaluation's checkout is read-only but a
+    fresh scratch (HOME, TMPDIR) and ``caches`` (program.md's ``cache:``, absolute or
+    relative to ``root``), which stay writable and are verified around every evaluation
+    (``caches.CacheGuard``); where there are no namespaces, only that verification is left.
     """
     Path(record_dir).mkdir(parents=True, exist_ok=True)  # hidden only if it exists
     readonly = git_paths(root)
@@ -310,10 +349,18 @@ def for_research(
         top = _work_tree(root)
         if top is not None and top not in readonly:
             readonly = (top, *readonly)
+    kept = tuple(dict.fromkeys((Path(root) / Path(p).expanduser()).resolve() for p in caches))
     spec = IsolationSpec(
-        sandbox=sandbox, network=network, readonly=readonly, hidden=(Path(record_dir),)
+        sandbox=sandbox,
+        network=network,
+        readonly=readonly,
+        hidden=(Path(record_dir),),
+        world=world_readonly and sandbox,
+        writable=kept,
     )
-    return make_launcher(spec)
+    launcher = make_launcher(spec)
+    launcher.caches = kept
+    return launcher
 
 
 def _work_tree(root: Path) -> Path | None:
@@ -349,104 +396,3 @@ def git_paths(root: Path) -> tuple[Path, ...]:
         if line.strip() and path not in found:
             found.append(path)
     return tuple(found)
-
-
-# -- the bootstrap: the namespace's init ----------------------------------------------------
-# Run as ``python -I -S -c BOOT <spec json> <cmd...>`` by unshare, as PID 1 of the new PID
-# namespace. Stdlib only, nothing from this package: it must start fast and cannot be
-# influenced by the project's sys.path.
-
-BOOT = r"""
-import ctypes, json, os, signal, sys
-spec = json.loads(sys.argv[1])
-cmd = sys.argv[2:]
-signal.pthread_sigmask(signal.SIG_SETMASK, [])
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                       ctypes.c_char_p)
-
-def fail(what):
-    err = ctypes.get_errno()
-    sys.stderr.write("autoresearch isolation: cannot %s: %s\n" % (what, os.strerror(err)))
-    sys.stderr.flush()
-    os._exit(125)
-
-def mount(src, target, fstype, flags, data, what):
-    enc = lambda s: None if s is None else os.fsencode(s)
-    if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
-        fail("%s %s" % (what, target))
-
-MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_RELATIME = 2, 4, 32, 4096, 16384, 1 << 21
-for path in spec["hidden"]:
-    if os.path.isdir(path):
-        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=700,size=256m", "hide")
-    elif os.path.lexists(path):
-        mount("/dev/null", path, None, MS_BIND, None, "hide")
-for path in spec["readonly"]:
-    if not os.path.lexists(path):
-        continue
-    mount(path, path, None, MS_BIND | MS_REC, None, "bind")
-    # A remount must keep the flags a user namespace locked (nosuid, nodev, noexec, atime).
-    st = os.statvfs(path).f_flag
-    kept = (st & (2 | 4 | 8 | 16 | 64 | 1024 | 2048)) | (MS_RELATIME if st & 4096 else 0)
-    mount(None, path, None, MS_REMOUNT | MS_BIND | 1 | kept, None, "make read-only")
-if spec["lo"]:
-    import fcntl, socket, struct
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH22x", b"lo", 0))[:18])[1]
-    fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 0x1 | 0x40))
-    s.close()
-for cap in spec["drop"]:
-    if libc.prctl(24, cap, 0, 0, 0) != 0 and ctypes.get_errno() != 22:  # PR_CAPBSET_DROP
-        fail("drop capability %d" % cap)
-libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
-
-class Header(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-class Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
-
-header, data = Header(0x20080522, 0), (Data * 2)()
-if libc.capget(ctypes.byref(header), data) == 0:
-    for cap in spec["drop"]:
-        word, bit = divmod(cap, 32)
-        if word < 2:
-            data[word].inheritable &= ~(1 << bit)
-    if libc.capset(ctypes.byref(header), data) != 0:
-        fail("clear inheritable capabilities")
-if spec["probe"]:
-    if spec["pid"] and os.getpid() != 1:
-        sys.stderr.write("autoresearch isolation: not PID 1 in the new namespace\n")
-        os._exit(125)
-    os._exit(0)
-
-child = os.fork()
-if child == 0:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    try:
-        os.execvp(cmd[0], cmd)
-    except OSError as exc:
-        sys.stderr.write("autoresearch isolation: cannot run %s: %s\n" % (cmd[0], exc))
-        os._exit(127)
-
-def forward(signum, frame):
-    try:
-        os.kill(child, signum)
-    except ProcessLookupError:
-        pass
-
-for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
-    signal.signal(signum, forward)
-# Reap every orphan; when the command itself ends, so does the namespace: the kernel kills
-# whatever it left behind (a daemon, a sleeping grandchild) as this init exits.
-while True:
-    try:
-        pid, status = os.wait()
-    except ChildProcessError:
-        os._exit(1)
-    if pid == child:
-        code = os.waitstatus_to_exitcode(status)
-        os._exit(code if code >= 0 else 128 - code)
-"""
