@@ -137,3 +137,34 @@ def test_with_two_workers_results_are_handled_while_backing_off(tmp_path: Path) 
     assert "error" not in [r["status"] for r in rig.journal.of("experiment")]
     assert result.done == 2 and calls.count(2) == 2
     assert all(n == 0 for n in in_flight_at_sleep)  # never slept with a result to handle
+
+
+def test_an_outage_during_a_repair_spends_no_repair_attempt(tmp_path: Path) -> None:
+    rig = Rig(
+        tmp_path,
+        [Step("X to 5, with a typo", {"model.py": "X = 5.0\nBUG\n"}, repair=model(5.0))],
+        1,
+        evaluator={"crash": lambda files: "NameError: BUG" if "BUG" in files["model.py"] else None},
+        repair_attempts=1,
+    )
+    inner, down = rig.proposer, [2]
+    slept: list[float] = []
+
+    class RepairDown:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def repair(self, ctx, failure):
+            if down[0]:
+                down[0] -= 1
+                rig.repo.tree["model.py"] = "half a fix"
+                raise ProposerUnavailable("overloaded", Cost(usd=0.5))
+            return inner.repair(ctx, failure)
+
+    rig.loop.proposer = RepairDown()
+    rig.loop.sleep = lambda seconds: slept.append(seconds)
+    rig.run()
+    [rec] = rig.journal.of("experiment")
+    assert rec["status"] == "keep" and len(rec["attempts"]) == 1 and len(slept) == 2
+    assert rec["cost"]["usd"] == pytest.approx(1.0)
+    assert "half a fix" not in rec["diff"]

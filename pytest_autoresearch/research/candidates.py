@@ -18,7 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_autoresearch.proposers.base import Cost, Proposal, ProposalContext, ProposerError
+from pytest_autoresearch.proposers.base import (
+    Cost,
+    Proposal,
+    ProposalContext,
+    ProposerError,
+    ProposerUnavailable,
+)
 from pytest_autoresearch.research import decide, stale
 from pytest_autoresearch.research.records import Failed, forget_values, iso, shown, take
 from pytest_autoresearch.sandbox.fingerprint import is_code
@@ -179,7 +185,7 @@ class Candidates:
             return self._give_up(cand, failed)
         self._proposing = rec["index"]
         try:
-            fixed = self.proposer.repair(cand.ctx, f)
+            fixed = self._ask_repair(cand, f)
         except ProposerError as exc:
             rec["attempts"][-1]["repair_error"] = str(exc)
             spent = getattr(exc, "cost", None)  # a failed repair's tokens are spent too
@@ -194,6 +200,25 @@ class Candidates:
         forget_values(rec)
         if self._checked(cand, f"repair attempt {cand.attempt}"):
             self._submit_candidate(cand)
+
+    def _ask_repair(self: Any, cand: Candidate, f: Any) -> Proposal | None:
+        """``proposer.repair``, waiting out an outage as a proposal does: the service being
+        unavailable spends no repair attempt; past the outage allowance it is an error."""
+        while True:
+            try:
+                fixed = self.proposer.repair(cand.ctx, f)
+            except ProposerUnavailable as exc:
+                spent = getattr(exc, "cost", None)
+                cand.cost = cand.cost + spent if isinstance(spent, Cost) else cand.cost
+                self.repo.restore()  # a half-made repair out; the candidate back in
+                self.repo.load(cand.snapshot)
+                self._unavailable(exc)
+                if self._stopping:
+                    raise ProposerError(f"no repair: {exc}") from None
+                self.sleep(max(0.0, self._retry_at - self.clock()))
+                continue
+            self._outage_over()
+            return fixed
 
     def _give_up(self: Any, cand: Candidate, failed: Failed) -> None:
         self.repo.restore()  # a half-made repair is not left in the checkout
