@@ -200,3 +200,31 @@ def test_torch_in_an_isolated_evaluation_raises_no_false_alarm(tmp_path: Path) -
     )
     assert (ev.status, ev.reason) == ("ok", ""), ev.log_tail
     assert 0 <= ev.metrics["loss"].value < 1
+
+
+# This project's own tests, as guards in an isolated evaluation: pytester sessions in-process,
+# monkeypatching, fixtures and dataclasses under the watcher, no false alarm.
+OWN_SUITE = [
+    "tests/test_metric_decorator.py",
+    "tests/test_decide.py",
+    "tests/test_stats.py",
+    "tests/test_fingerprint.py",
+    "tests/test_program.py",
+    "tests/test_journal.py",
+    "tests/test_stale.py",
+]
+
+
+def test_this_projects_own_tests_raise_no_false_alarm(tmp_path: Path) -> None:
+    from pytest_autoresearch.sandbox.evaluate import evaluate
+    from pytest_autoresearch.sandbox.isolation import for_research
+
+    repo = Path(__file__).resolve().parents[1]
+    launcher = for_research(repo, tmp_path / "record")
+    env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_TAMPER_CHECK"}
+    env["PYTEST_ADDOPTS"] = "-p no:randomly -p no:hypothesispytest -p no:benchmark"
+    ev = evaluate(repo, [], OWN_SUITE, 300, launcher=launcher, env=env, tmp_root=tmp_path / "t")
+    assert ev.status != "rejected", ev.reason
+    assert len(ev.tests) > 50, ev.log_tail
+    failed = [t.nodeid for t in ev.tests if t.outcome in ("failed", "error")]
+    assert not failed, ev.log_tail

@@ -9,6 +9,11 @@ PID/mount namespace where the system allows, else plain), in its own process gro
 whole group is killed at the timeout, grandchildren included; it gets no API keys or tokens.
 Its ``-n``/``--dist`` from addopts are overridden (``-n 0``), ``--ff``/``--lf``/``--sw`` work,
 and its cache goes to a throwaway folder under ``tmp_root``.
+
+Each evaluation gets a fresh scratch (``scratch.py``: HOME, TMPDIR, XDG_CACHE_HOME), so
+nothing it writes there reaches a later one; the launcher's declared caches are verified
+before and after (``caches.py``). A rejected evaluation (``status="rejected"``: a cache
+changed, or the worker's tamper evidence, ``tamper.py``) never carries a value.
 """
 
 from __future__ import annotations
