@@ -196,3 +196,19 @@ def test_a_declared_cache_may_grow_but_a_rewrite_rejects_this_and_every_later_ev
         bare = for_research(root, record, sandbox=True)
         refused = run("add", bare)
         assert refused.status == "crash" and "Read-only file system" in refused.reason, refused
+
+
+def test_a_world_that_cannot_be_made_read_only_keeps_the_rest_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pytest_autoresearch.sandbox import isolation
+
+    if make_launcher(IsolationSpec()).name != "namespaces":
+        pytest.skip("no namespaces on this system")
+    real = isolation._probe
+    odd = "autoresearch isolation: cannot make read-only /odd: Permission denied"
+    monkeypatch.setattr(isolation, "_probe", lambda s: (None, odd) if s.world else real(s))
+    monkeypatch.setattr(isolation, "_CACHE", {})
+    launcher = make_launcher(IsolationSpec(world=True))
+    assert launcher.name == "namespaces"  # PID namespace, hidden record, read-only .git stay
+    assert f"NOT read-only outside the checkout ({odd})" in launcher.describe()

@@ -44,7 +44,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -217,6 +217,14 @@ def _choose_kind(spec: IsolationSpec) -> PlainLauncher | NamespaceLauncher:
     launcher = None
     if why_not is None:
         launcher, why_not = _probe(spec)
+    if launcher is None and why_not is not None and spec.world and spec.sandbox:
+        # A mount the sweep cannot make read-only (an odd container): keep the rest.
+        launcher, _ = _probe(replace(spec, world=False))
+        if launcher is not None:
+            launcher._line += (
+                f"; NOT read-only outside the checkout ({why_not}): only the caches are "
+                "verified, see " + DOCS
+            )
     if launcher is not None:
         return launcher
     if not spec.network:
