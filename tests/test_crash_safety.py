@@ -66,7 +66,7 @@ WHERE = {
 
 def loop_cmd(n: int, workers: int = 1) -> list[str]:
     return [
-        sys.executable, "-m", "pytest", "--autoresearch", "-n", str(n),
+        sys.executable, "-m", "pytest", "-p", "autoresearch", "--autoresearch", "-n", str(n),
         "--autoresearch-tag", TAG, "--autoresearch-proposer", "scripted", "-p", "no:randomly",
         "-p", "no:cacheprovider", "--autoresearch-workers", str(workers),
     ]  # fmt: skip
@@ -76,6 +76,7 @@ def run(
     root: Path, n: int, fault: str | None = None, workers: int = 1
 ) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "AUTORESEARCH"))}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only our plugin, here and in evaluations
     if fault:
         env[FAULT_ENV] = fault
     return subprocess.run(

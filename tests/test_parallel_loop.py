@@ -31,8 +31,10 @@ def run_loop(
 ) -> subprocess.CompletedProcess:
     """One research session; ``.pid`` on the result is the driver's process id."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "AUTORESEARCH"))}
+    base["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only our plugin, here and in evaluations
     cmd = [
-        sys.executable, "-m", "pytest", "--autoresearch", "-n", str(n), "--autoresearch-tag",
+        sys.executable, "-m", "pytest", "-p", "autoresearch", "--autoresearch", "-n", str(n),
+        "--autoresearch-tag",
         TAG, "--autoresearch-proposer", "scripted", "-p", "no:randomly", "-p", "no:cacheprovider",
         *args,
     ]  # fmt: skip
@@ -257,7 +259,9 @@ def test_lean_evaluations_on_workers_start_without_autoloaded_plugins(tmp_path: 
         "    assert os.environ.get('PYTEST_DISABLE_PLUGIN_AUTOLOAD') == '1'\n"
     )
     git(root, "commit", "-qam", "lean")
-    done = run_loop(root, 1, "--autoresearch-workers", "2")
+    # Autoloading on in the driver: only lean mode can turn it off in the evaluations.
+    autoload = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": ""}
+    done = run_loop(root, 1, "--autoresearch-workers", "2", env=autoload)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "lean: evaluations load" in done.stdout
     (rec,) = assert_clean_end(root, 1)
