@@ -176,3 +176,29 @@ def test_distribution_flags_on_the_command_line_are_refused(
     result.stderr.fnmatch_lines(
         ["*runs its own loop and does not distribute tests*drop --tx/--dist*"]
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "expected"),
+    [
+        (("--autoresearch-outage", "45m"), "", 2700.0),
+        ((), "[pytest]\nautoresearch_outage = 90s\n", 90.0),
+        ((), "", 1800.0),  # the default: 30 minutes
+    ],
+)
+def test_the_loop_settings_carry_the_budget_options(
+    pytester: pytest.Pytester, args: tuple[str, ...], ini: str, expected: float
+) -> None:
+    from types import SimpleNamespace
+
+    from pytest_autoresearch.research.session import _loop_settings
+
+    if ini:
+        pytester.makefile(".ini", pytest=ini)
+    config = pytester.parseconfigure("--autoresearch", "--autoresearch-max-cost", "3", *args)
+    plan = SimpleNamespace(
+        root=pytester.path, program=None, tag="t", experiments=5, metric_ids=["t.py::m"],
+        record_dir=pytester.path / ".autoresearch" / "t", proposer_name="optuna", lean=None,
+    )  # fmt: skip
+    settings = _loop_settings(config, plan)
+    assert settings.outage == expected and settings.max_cost == 3.0

@@ -243,6 +243,7 @@ def _loop_settings(config: pytest.Config, plan: Plan) -> Any:
         proposer_name=plan.proposer_name,
         fault=os.environ.get(FAULT_ENV),
         time_budget=config.getoption("autoresearch_time_budget"),
+        outage=config.getoption("autoresearch_outage"),
         eval_args=plan.lean.extra_args if plan.lean else (),
         eval_env=dict(plan.lean.env) if plan.lean else {},
     )
