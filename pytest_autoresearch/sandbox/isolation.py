@@ -214,10 +214,10 @@ def _choose_kind(spec: IsolationSpec) -> PlainLauncher | NamespaceLauncher:
             f"process's environment through /proc, write .git and the record; see {DOCS}"
         )
     why_not = _namespaces_unavailable()
-    launcher = None
-    if why_not is None:
+    launcher, available = None, why_not is None
+    if available:
         launcher, why_not = _probe(spec)
-    if launcher is None and why_not is not None and spec.world and spec.sandbox:
+    if launcher is None and available and spec.world and spec.sandbox:
         # A mount the sweep cannot make read-only (an odd container): keep the rest.
         launcher, _ = _probe(replace(spec, world=False))
         if launcher is not None:
