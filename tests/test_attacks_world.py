@@ -212,3 +212,40 @@ def test_a_world_that_cannot_be_made_read_only_keeps_the_rest_and_says_so(
     launcher = make_launcher(IsolationSpec(world=True))
     assert launcher.name == "namespaces"  # PID namespace, hidden record, read-only .git stay
     assert f"NOT read-only outside the checkout ({odd})" in launcher.describe()
+
+
+@pytest.mark.slow
+def test_a_cache_declared_in_program_md_is_writable_through_the_loop(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """program.md ``cache:`` reaches the launcher: the metric may add to it (and only there)."""
+    if make_launcher(IsolationSpec()).name != "namespaces":
+        pytest.skip("no namespaces on this system")
+    cache = pytester.path.parent / f"{pytester.path.name}-cache"
+    cache.mkdir()
+    root = make_toy(
+        pytester.path, [{"description": "X to 5", "write": {"toy/model.py": model_source(5.0)}}]
+    )
+    metric = (
+        "import pathlib, uuid\nfrom pytest_autoresearch import metric\nimport toy.model as model\n"
+        f"CACHE = pathlib.Path({str(cache)!r})\n\n\n@metric(goal='min')\ndef test_loss():\n"
+        "    (CACHE / f'shard-{uuid.uuid4().hex}').write_text('data')\n"
+        "    return abs(model.X - 3.0)\n"
+    )
+    (root / "tests" / "test_metric.py").write_text(metric)
+    text = (root / "program.md").read_text().replace("runs: 2", f"runs: 2\ncache: [{str(cache)!r}]")
+    (root / "program.md").write_text(text)
+    git(root, "commit", "-qam", "a metric that fills a cache")
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
+    result = pytester.runpytest_subprocess(
+        "--autoresearch", "-n", "1", "--autoresearch-tag", "t1",
+        "--autoresearch-proposer", "scripted", "-p", "no:randomly", timeout=240,
+    )  # fmt: skip
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [f"isolation: *the rest read-only but the checkout, *{cache.name}*"]
+    )
+    (rec,) = experiments(root)
+    assert (rec["status"], rec["objective"]) == ("keep", 2.0), rec
+    runs = 2 + len(rec["evaluations"])  # the baseline's and the experiment's
+    assert len(list(cache.iterdir())) == runs  # each added a file, and it was kept

@@ -145,6 +145,7 @@ def _launcher(plan: Plan) -> Any:
             sandbox=plan.program.sandbox,
             network=plan.program.network,
             checkout_readonly=workers.ray is None and (workers.workers or 1) > 1,
+            caches=plan.program.cache,
         )
     except IsolationError as exc:
         raise pytest.UsageError(str(exc)) from None
