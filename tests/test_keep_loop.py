@@ -38,18 +38,23 @@ def experiments(root: Path) -> list[dict]:
 def test_a_noisy_candidate_on_a_deterministic_baseline_is_not_kept_on_a_lucky_run(
     tmp_path: Path,
 ) -> None:
-    # The candidate's X depends on how often it has been measured (a counter outside the
-    # repository): its first run is lucky (loss 5 < 7), the next ones are not (loss 9).
-    # On average it is worse than the baseline; the old rule kept it after run 1.
-    counter = tmp_path / "runs.txt"
+    # The candidate's X depends on how often it has been measured (files it leaves in a
+    # folder outside the repository, declared a cache: evaluations may add to it, never
+    # change what is there): its first run is lucky (loss 5 < 7), the next ones are not
+    # (loss 9). On average it is worse than the baseline; the old rule kept it after run 1.
+    runs = tmp_path / "runs"
+    runs.mkdir()
     noisy = (
         "from pathlib import Path as _P\n"
-        f"_C = _P({str(counter)!r})\n"
-        "_N = int(_C.read_text()) if _C.exists() else 0\n"
-        "_C.write_text(str(_N + 1))\n"
+        f"_C = _P({str(runs)!r})\n"
+        "_N = len(list(_C.iterdir()))\n"
+        "(_C / str(_N)).write_text('')\n"
         "X = 8.0 if _N == 0 else 12.0\n"
     )
     root = make_toy(tmp_path / "proj", [step("noisy X", 10.0, extra=noisy)])
+    program = (root / "program.md").read_text()
+    (root / "program.md").write_text(program.replace("---\n", f"---\ncache: [{str(runs)!r}]\n", 1))
+    git(root, "commit", "-qam", "the run counter is a declared cache")
     done = run_loop(root, 1)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
