@@ -34,12 +34,13 @@ def test_cache_paths_are_absolute_and_each_once(
     p = load(root, f"cache: ['../data', '{data}', '~/.cache/hf']\n")
     assert p.cache == (data, str((home / ".cache" / "hf").resolve()))
     assert load(root, "").cache == ()
+    later = load(root, "cache: ['../not-yet']\n").cache  # created at start, by the launcher
+    assert later == (str((root.parent / "not-yet").resolve()),)
 
 
 @pytest.mark.parametrize(
     ("value", "words"),
     [
-        ("['../nowhere']", ["does not exist", "create it first"]),
         ("['~']", ["covers the home folder", "name the cache folder itself"]),
         ("['/']", ["covers the home folder, the checkout or the whole disk"]),
         ("['..']", ["covers the home folder, the checkout"]),

@@ -191,7 +191,7 @@ def shared(value: Any, root: Path, fail: Fail) -> tuple[str, ...]:
 
 
 def caches(value: Any, root: Path, fail: Fail) -> tuple[str, ...]:
-    """``cache:``: existing folders or files outside the checkout that evaluations may write.
+    """``cache:``: folders or files outside the checkout that evaluations may write.
 
     A trust decision (docs/isolation.md): everything else outside the checkout is read-only
     to an evaluation and its HOME is fresh each time; a cache is kept between evaluations,
@@ -222,13 +222,7 @@ def caches(value: Any, root: Path, fail: Fail) -> tuple[str, ...]:
                 f"the cache {raw!r} is inside git's or the loop's own files",
                 "name a folder of your own, e.g. ~/.cache/my-dataset",
             )
-        if not path.exists():
-            raise fail(
-                "cache",
-                f"the cache {raw!r} ({path}) does not exist",
-                "create it first (mkdir -p), or remove it: a missing path stays read-only",
-            )
-        out.append(str(path))
+        out.append(str(path))  # a folder not there yet is created at start (for_research)
     return tuple(dict.fromkeys(out))
 
 

@@ -358,6 +358,9 @@ def for_research(
         if top is not None and top not in readonly:
             readonly = (top, *readonly)
     kept = tuple(dict.fromkeys((Path(root) / Path(p).expanduser()).resolve() for p in caches))
+    for path in kept:
+        if not path.exists():  # a cache filled by the first evaluation: it must be there to bind
+            path.mkdir(parents=True, exist_ok=True)
     spec = IsolationSpec(
         sandbox=sandbox,
         network=network,
