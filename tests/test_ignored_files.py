@@ -59,6 +59,8 @@ def _attempts():
     yield lambda: data.write_text("999\\n")  # through the file's link
     yield lambda: open(os.path.realpath(data), "a").write("9")  # at the resolved path
     yield lambda: (HERE / "big" / "planted.txt").write_text("x")  # into a linked folder
+    # Outside any checkout, beside the project (the read-only world, on Ray nodes too).
+    yield lambda: (HERE.parent / "planted-outside.txt").write_text("x")
 
 
 @metric(goal="max")
@@ -235,9 +237,10 @@ def assert_refused(result, root: Path, before: dict[str, bytes]) -> None:
     assert result.ok, result.error or result.evaluations[0].log_tail
     metrics = result.evaluations[0].metrics
     assert metrics["loss"].value == 0.5  # it read the user's data through the link
-    assert metrics["refused"].value == 3.0, result.evaluations[0].log_tail
+    assert metrics["refused"].value == 4.0, result.evaluations[0].log_tail
     assert {p: (root / p).read_bytes() for p in before} == before
     assert not (root / "big" / "planted.txt").exists()
+    assert not (root.parent / "planted-outside.txt").exists()
 
 
 def test_an_evaluation_in_a_worktree_cannot_write_through_a_link(

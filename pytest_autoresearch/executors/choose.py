@@ -97,6 +97,7 @@ def _ray(settings: ExecutorSettings, root: Path, program: Program) -> Executor:
             network=program.network,
             shared=program.shared if "shared" in program.lines else None,
             is_editable=_editable_globs(program),
+            caches=[str((root / Path(c).expanduser()).resolve()) for c in program.cache],
         )
     except ImportError as exc:
         raise pytest.UsageError(str(exc)) from None

@@ -137,15 +137,24 @@ class RayWorker:
     def _make_launcher(self) -> Any:
         from pytest_autoresearch.sandbox.isolation import IsolationSpec, git_paths, make_launcher
 
-        sandbox, network = self.isolation or (True, True)
+        sandbox, network, caches = self.isolation or (True, True, ())
         readonly = git_paths(self.space.root)
         source = Path(self.links.source) if self.links is not None else None
         if source is not None and source.is_dir() and source not in self.space.path.parents:
             # The driver's checkout on this machine, where the links point: as worktree
             # evaluations see it (isolation.for_research(checkout_readonly=True)).
             readonly = (*readonly, source)
-        spec = IsolationSpec(sandbox=sandbox, network=network, readonly=readonly)
-        return make_launcher(spec)
+        # The read-only world with a fresh scratch, as in the session's own evaluations; the
+        # caches (program.md's, absolute) written and kept on this node.
+        kept = tuple(Path(c).expanduser().resolve() for c in caches)
+        for path in kept:
+            path.mkdir(parents=True, exist_ok=True)
+        spec = IsolationSpec(
+            sandbox=sandbox, network=network, readonly=readonly, world=sandbox, writable=kept
+        )
+        launcher = make_launcher(spec)
+        launcher.caches = kept
+        return launcher
 
     def close(self) -> None:
         if self.space is not None:
@@ -204,6 +213,7 @@ class RayExecutor:
         shared: Sequence[str] | None = None,
         link_ignored: bool = True,
         is_editable: Callable[[str], bool] | None = None,
+        caches: Sequence[str] = (),
     ) -> None:
         """``address``: "local" (a throwaway instance on this machine), "auto" (the cluster
         this machine is part of) or "ray://host:10001". An instance already initialised in
@@ -245,7 +255,7 @@ class RayExecutor:
         self._actor_class = ray.remote(
             num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0, max_task_retries=0
         )(RayWorker)
-        isolation = None if sandbox is None else (sandbox, network)
+        isolation = None if sandbox is None else (sandbox, network, tuple(caches))
         self._actor_args = (prefix, threads, dict(evaluate_kwargs or {}), isolation, links)
         self.names = [f"r{i}" for i in range(workers)]
         self.actors = [self._actor_class.remote(name, *self._actor_args) for name in self.names]
