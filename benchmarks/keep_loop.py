@@ -36,7 +36,7 @@ objective: loss
 guards: ["tests/test_guard.py"]
 timeout: 60
 baseline_runs: {baseline_runs}
----
+{cache}---
 # What to try
 Move X toward the value that minimises the loss.
 """
@@ -92,21 +92,23 @@ import toy.model as model
 
 SIGMA = {sigma!r}
 SEED = {seed!r}
-COUNTER = {counter!r}  # outside the project: the n-th evaluation draws the n-th number
+# Outside the project, a declared cache: the n-th evaluation leaves the n-th file there and
+# draws the n-th number (a cache may grow; a file in it must never change).
+DRAWS = {draws!r}
 
 
 def noise():
     if SEED is None:
         return random.SystemRandom().gauss(0.0, SIGMA)
-    import fcntl
+    import os
 
-    with open(COUNTER, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        n = int(f.read() or 0)
-        f.seek(0)
-        f.truncate()
-        f.write(str(n + 1))
+    n = len(os.listdir(DRAWS))
+    while True:
+        try:
+            os.close(os.open(os.path.join(DRAWS, str(n)), os.O_CREAT | os.O_EXCL))
+            break
+        except FileExistsError:
+            n += 1
     return random.Random(f"{{SEED}}-{{n}}").gauss(0.0, SIGMA)
 
 
@@ -126,15 +128,20 @@ def test_x_is_sane():
 
 def make_project(root: Path, *, x: float, baseline_runs: int, seed: int | None = None) -> Path:
     """The toy project in ``root/project``; with ``seed``, its noise is a seeded stream."""
-    counter = str(root / "noise-counter") if seed is not None else None
+    draws = root / "noise-draws" if seed is not None else None
+    if draws is not None:
+        draws.mkdir(parents=True, exist_ok=True)
+    cache = f"cache: [{str(draws)!r}]\n" if draws is not None else ""
     root = root / "project"
     files = {
-        "program.md": PROGRAM.format(baseline_runs=baseline_runs),
+        "program.md": PROGRAM.format(baseline_runs=baseline_runs, cache=cache),
         "pytest.ini": "[pytest]\ntestpaths = tests\npythonpath = .\n",
         "conftest.py": CONFTEST.format(step=STEP),
         "toy/__init__.py": "",
         "toy/model.py": f"X = {x!r}\n",
-        "tests/test_metric.py": METRIC.format(sigma=SIGMA, seed=seed, counter=counter),
+        "tests/test_metric.py": METRIC.format(
+            sigma=SIGMA, seed=seed, draws=str(draws) if draws else None
+        ),
         "tests/test_guard.py": GUARD,
         ".gitignore": ".autoresearch/\n__pycache__/\n",
     }
