@@ -144,31 +144,38 @@ def evaluate(
                 channel, timeout,
             )  # fmt: skip
         tail = scrub(_tail(log_path), secrets)
-        problem = guard.check("during this evaluation") if guard is not None else ""
-        if problem:
-            return Evaluation(
-                status="rejected", duration=duration, returncode=returncode, log_tail=tail,
-                reason=problem,
-            )  # fmt: skip
-        if timed_out:
-            return Evaluation(
-                status="timeout",
-                duration=duration,
-                returncode=returncode,
-                log_tail=tail,
-                reason=f"timed out after {timeout:g}s",
-            )
-        data, problem = channel.result()
-        tamper = _tampering(data, channel.duplicates)
-        if tamper:
-            return Evaluation(
-                status="rejected", duration=duration, returncode=returncode, log_tail=tail,
-                reason=scrub(tamper, secrets),
-            )  # fmt: skip
-        return _interpret(data, problem, returncode, duration, tail, required, secrets)
+        return _verdict(
+            guard, channel, timeout, timed_out, returncode, duration, tail, required, secrets
+        )
     finally:
         channel.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _verdict(
+    guard: Any, channel: Any, timeout: float | None, timed_out: bool, returncode: int,
+    duration: float, tail: str, required: Sequence[str], secrets: Any,
+) -> Evaluation:  # fmt: skip
+    """What the finished run measured, in order: a poisoned cache, a timeout, tampering."""
+    problem = guard.check("during this evaluation") if guard is not None else ""
+    if problem:
+        return Evaluation(
+            status="rejected", duration=duration, returncode=returncode, log_tail=tail,
+            reason=problem,
+        )  # fmt: skip
+    if timed_out:
+        return Evaluation(
+            status="timeout", duration=duration, returncode=returncode, log_tail=tail,
+            reason=f"timed out after {timeout:g}s",
+        )  # fmt: skip
+    data, problem = channel.result()
+    tamper = _tampering(data, channel.duplicates)
+    if tamper:
+        return Evaluation(
+            status="rejected", duration=duration, returncode=returncode, log_tail=tail,
+            reason=scrub(tamper, secrets),
+        )  # fmt: skip
+    return _interpret(data, problem, returncode, duration, tail, required, secrets)
 
 
 # Set by pytest and pytest-xdist for the process they run tests in. An evaluation is a
