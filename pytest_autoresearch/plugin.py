@@ -262,7 +262,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     found = False
     for item in items:
         spec = spec_of(getattr(item, "obj", None))
-        if spec is None and "record_metric" not in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if spec is None and "record_metric" not in fixtures:
+            found = found or "record_artifact" in fixtures  # artifacts need the item hooks
             continue
         item.add_marker("metric")
         callspec = getattr(item, "callspec", None)
@@ -293,6 +295,7 @@ class MetricItemHooks:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
         report = yield
+        _attach_artifacts(item, report, call.when)
         recorder = item.stash.get(_RECORDER_KEY, None)
         if recorder is None or call.when == "teardown":
             return report  # after a teardown error the values stand; the test's entry says so
@@ -309,6 +312,20 @@ class MetricItemHooks:
                 # On the item, so the teardown report (which junitxml reads) carries them.
                 item.user_properties.append((f"metric:{entry['name']}", entry["value"]))
         return report
+
+
+_ARTIFACTS_KEY = pytest.StashKey[dict]()
+
+
+def _attach_artifacts(item: pytest.Item, report: pytest.TestReport, when: str) -> None:
+    """The test's artifacts on its call report (its setup report when setup failed), as
+    plain dicts: they survive pytest-xdist like ``report.autoresearch``."""
+    found = item.stash.get(_ARTIFACTS_KEY, None)
+    if not found or when == "teardown" or (when == "setup" and report.passed):
+        return
+    report.autoresearch_artifacts = [  # type: ignore[attr-defined]
+        {**a.as_dict(), "nodeid": report.nodeid} for a in found.values()
+    ]
 
 
 def _entries(recorder: Recorder, report: pytest.TestReport) -> list[dict[str, Any]]:
@@ -369,6 +386,34 @@ def record_metric(request: pytest.FixtureRequest) -> Callable[..., float]:
             raise MetricError(str(exc)) from None  # afresh: the traceback ends at the test
 
     return record
+
+
+@pytest.fixture
+def record_artifact(request: pytest.FixtureRequest) -> Callable[[str, object], None]:
+    """Attach a text to this test's result: ``record_artifact("train_log", log_text)``.
+
+    For what a person would read besides the number: a training log, a loss curve. It goes
+    into the metrics JSON (``artifacts``) and, in the research loop, into the experiment's
+    record, where an LLM proposer sees the recent ones. The tail of a long text is kept
+    (8,000 characters, the cut counted); the same name again replaces it; four per test.
+    Works in any test, ``@metric`` tests included (ask for the fixture as an argument).
+    """
+    from pytest_autoresearch.metrics.artifacts import MAX_ARTIFACTS, make
+
+    node = request.node
+    found = node.stash.setdefault(_ARTIFACTS_KEY, {})
+
+    def attach(name: str, text: object) -> None:
+        __tracebackhide__ = True
+        artifact = make(name, text)
+        if artifact.name not in found and len(found) >= MAX_ARTIFACTS:
+            raise MetricError(
+                f"record_artifact({name!r}, ...): this test already attached {MAX_ARTIFACTS} "
+                f"artifacts ({', '.join(found)}); join them into one text or reuse a name"
+            )
+        found[artifact.name] = artifact
+
+    return attach
 
 
 # -- the controller's session --------------------------------------------------------------

@@ -10,7 +10,7 @@ Fields may be added in a version; none is renamed or removed without bumping VER
 API::
 
     VERSION
-    build(measurements, tests, *, exitstatus, duration, root) -> dict
+    build(measurements, tests, *, exitstatus, duration, root, artifacts=()) -> dict
     write(path, data) -> None          # atomic: temp file in the same folder + rename
     read(path) -> dict                 # raises MetricsJSONError with what is wrong
     measurements(data) -> list[Measurement]
@@ -86,8 +86,10 @@ def build(
     exitstatus: int,
     duration: float,
     root: Path,
+    artifacts: Iterable[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The whole document for one session."""
+    """The whole document for one session (``artifacts``: what tests attached with
+    ``record_artifact``, each ``{name, nodeid, text, cut}``)."""
     return {
         "version": VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -97,6 +99,7 @@ def build(
         "duration": round(duration, 6),
         "metrics": [m.as_dict() for m in measurements],
         "tests": list(tests),
+        "artifacts": list(artifacts),
     }
 
 

@@ -58,6 +58,7 @@ class MetricsSession:
         self.channel: Any = None  # an evaluation's EvalChannel (see pytest_configure)
         self.measurements: dict[str, Measurement] = {}
         self.tests: dict[str, dict[str, Any]] = {}
+        self.artifacts: dict[tuple[str, str], dict[str, Any]] = {}  # (nodeid, name) -> entry
         self.problems: list[str] = []  # session-level errors (name collisions, write failures)
         self.regressions: list[str] = []
         self.comparisons: dict[str, Any] | None = None
@@ -65,6 +66,8 @@ class MetricsSession:
         self.started = time.perf_counter()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for entry in getattr(report, "autoresearch_artifacts", None) or ():
+            self.artifacts[(str(entry.get("nodeid")), str(entry.get("name")))] = entry
         data = getattr(report, "autoresearch", None)
         if data is None and not self.track_tests:
             return  # the common case: an ordinary test, nothing asked for
@@ -125,6 +128,7 @@ class MetricsSession:
             exitstatus=session.exitstatus,
             duration=time.perf_counter() - self.started,
             root=self.config.rootpath,
+            artifacts=self.artifacts.values(),
         )
         if self.channel is not None:
             self.channel.send(data)

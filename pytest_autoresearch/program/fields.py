@@ -42,21 +42,22 @@ def editable_globs(value: Any, root: Path, program_rel: str | None, fail: Fail) 
     return editable
 
 
-def guard_paths(value: Any, root: Path, fail: Fail) -> tuple[str, ...]:
-    """``guards:``: existing test paths or node ids, no options."""
-    guards = strings(value, "guards", fail)
+def guard_paths(value: Any, root: Path, fail: Fail, key: str = "guards") -> tuple[str, ...]:
+    """``guards:`` (or ``smoke:``): existing test paths or node ids, no options."""
+    what = {"guards": "guard", "smoke": "smoke test"}.get(key, key)
+    guards = strings(value, key, fail)
     for g in guards:
         if g.startswith("-"):
             raise fail(
-                "guards",
-                f"guard {g!r} is an option, not a test",
+                key,
+                f"{what} {g!r} is an option, not a test",
                 "list test paths or node ids only (e.g. tests/test_model.py::test_shapes)",
             )
         target = g.split("::", 1)[0]
         if not (root / target).exists():
             raise fail(
-                "guards",
-                f"the guard path {target!r} does not exist under {root}",
+                key,
+                f"the {what} path {target!r} does not exist under {root}",
                 "give a test file or directory relative to the rootdir",
             )
     return guards
@@ -139,7 +140,7 @@ def count(data: dict[Any, Any], key: str, fail: Fail, *, least: int, default: in
     value = data.get(key, default)
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
         return value
-    example = {"workers": 4, "gpus_per_worker": 2}.get(key, least)
+    example = {"workers": 4, "gpus_per_worker": 2, "notebook_tokens": 12000}.get(key, least)
     raise fail(
         key,
         f"{key} must be a whole number >= {least}, got {value!r}",

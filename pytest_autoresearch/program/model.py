@@ -82,6 +82,10 @@ class Program:
     lean: bool | tuple[str, ...] = False  # a tuple: lean, keeping these plugins loaded
     shared: tuple[str, ...] = ()  # untracked paths linked into workers' checkouts
     cache: tuple[str, ...] = ()  # absolute paths outside the checkout evaluations may write
+    # The LLM's check tool: the guards plus these tests, within check_timeout seconds.
+    smoke: tuple[str, ...] = ()
+    check_timeout: float | None = None
+    notebook_tokens: int | None = None  # the lab notebook's budget (the option wins)
     instructions: str = ""
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
     program_relpath: str | None = field(default=None, compare=False, repr=False)

@@ -77,6 +77,11 @@ KEYS: dict[str, str] = {
     "shared": 'untracked paths the workers\' checkouts link to, e.g. ["data/"] (a dataset)',
     "cache": "paths outside the checkout that evaluations may write and keep (everything "
     'else there is read-only to them), e.g. ["~/.cache/huggingface"]; a trust decision',
+    "smoke": "tests an LLM's check tool runs with the guards before a full evaluation, e.g. "
+    '["tests/test_guards.py::test_export"] (docs/llm-proposers.md)',
+    "check_timeout": "seconds one check may take (default 120, at most the evaluation's)",
+    "notebook_tokens": "token budget of the lab notebook in an LLM's prompt (default 12000; "
+    "--autoresearch-notebook-tokens and the ini key win)",
 }
 
 
@@ -213,6 +218,11 @@ def _build(
         lean=fields.lean(data.get("lean", False), fail),
         shared=fields.shared(data.get("shared", ()), root, fail),
         cache=fields.caches(data.get("cache"), root, fail),
+        smoke=fields.guard_paths(data.get("smoke", ()), root, fail, key="smoke"),
+        check_timeout=fields.number(
+            data.get("check_timeout"), "check_timeout", fail, positive=True
+        ),
+        notebook_tokens=fields.count(data, "notebook_tokens", fail, least=500, default=None),
         instructions=instructions,
         lines=lines,
         program_relpath=program_rel,

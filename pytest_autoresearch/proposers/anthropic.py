@@ -24,6 +24,8 @@ from pytest_autoresearch.proposers.base import (
 )
 from pytest_autoresearch.proposers.editor import TOOL_NAME, FileEditor
 from pytest_autoresearch.proposers.llm import (
+    CHECK_TOOL,
+    CHECK_TOOL_NAME,
     MAX_RETRIES,
     MAX_TOKENS,
     MAX_TURNS,
@@ -35,6 +37,7 @@ from pytest_autoresearch.proposers.llm import (
     LLMUnavailable,
     _host,
     _option,
+    notebook_option,
     retry_after,
     scrub,
 )
@@ -122,7 +125,7 @@ class AnthropicProposer(LLMProposer):
         api_key: str | None = None,
         base_url: str | None = None,
         client: Any = None,
-        history_tokens: int = prompt.HISTORY_TOKENS,
+        history_tokens: int | None = None,
         token_cap: int = TOKEN_CAP,
     ) -> None:
         super().__init__(
@@ -158,7 +161,7 @@ class AnthropicProposer(LLMProposer):
         else:
             conv.append({"role": "user", "content": [{"type": "text", "text": text}]})
 
-    def _request(self, conv: list[dict]) -> dict[str, Any]:
+    def _request(self, conv: list[dict], ex: Exchange | None = None) -> dict[str, Any]:
         # Two cache breakpoints: the static system prompt (shared by every experiment of
         # the run) and the end of the conversation so far (shared by the next turn).
         last = dict(conv[-1])
@@ -175,7 +178,7 @@ class AnthropicProposer(LLMProposer):
             "model": self.model,
             "max_tokens": self.max_tokens,
             "system": [{"type": "text", "text": self._system, "cache_control": stable}],
-            "tools": [EDITOR_TOOL],
+            "tools": [EDITOR_TOOL, CHECK_TOOL] if ex is not None and ex.check else [EDITOR_TOOL],
             "messages": [*conv[:-1], last],
         }
         if self.thinking > 0:
@@ -189,7 +192,7 @@ class AnthropicProposer(LLMProposer):
         return kwargs
 
     def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
-        response = self._call(self._request(conv), ex)
+        response = self._call(self._request(conv, ex), ex)
         ex.turns += 1
         content = [b.model_dump(mode="json", exclude_none=True) for b in response.content]
         conv.append({"role": "assistant", "content": content})
@@ -209,6 +212,8 @@ class AnthropicProposer(LLMProposer):
             if cut and use is uses[-1]:
                 editor.refused += 1
                 answer, is_error = prompt.TRUNCATED, True
+            elif use.get("name") == CHECK_TOOL_NAME and ex.check is not None:
+                answer, is_error = self._run_check(ex)
             elif use.get("name") != TOOL_NAME:
                 editor.refused += 1
                 answer, is_error = f"Error: unknown tool {use.get('name')!r}; use {TOOL_NAME}", True
@@ -402,5 +407,5 @@ def build(config: Any) -> AnthropicProposer:
         max_tokens=int(_option(config, "autoresearch_max_tokens", MAX_TOKENS)),
         thinking=int(thinking),
         max_turns=int(_option(config, "autoresearch_max_turns", MAX_TURNS)),
-        history_tokens=int(_option(config, "autoresearch_notebook_tokens", prompt.HISTORY_TOKENS)),
+        history_tokens=notebook_option(config),
     )

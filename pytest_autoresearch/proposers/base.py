@@ -6,6 +6,7 @@ says what it did. It never decides, commits or measures: the loop does that.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -85,6 +86,8 @@ class PastExperiment:
     metrics: dict[str, float] | None = None
     diff: str = ""
     log_tail: str = ""
+    # Texts its tests attached (record_artifact: a training log), {name, test, text, cut}.
+    artifacts: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,18 @@ class Failure:
     status: str  # crash | timeout | guard
     reason: str
     log_tail: str  # the last lines of the pytest subprocess output
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a check of the current proposal found (the guards and program.md's ``smoke:``
+    run in the evaluation's sandbox, with a time limit). Never a measurement: nothing is
+    decided on it."""
+
+    passed: bool
+    summary: str  # one line: "3 passed in 1.2s", "tests/test_guard.py::test_x failed: ..."
+    output: str  # the end of the test output, secrets scrubbed
+    seconds: float = 0.0
 
 
 @dataclass
@@ -118,6 +133,9 @@ class ProposalContext:
     # How long an experiment has taken so far (None before the first): an LLM proposer
     # caches its prompt for an hour rather than five minutes when experiments are long.
     seconds_per_experiment: float | None = None
+    # Runs the guards (and program.md's smoke: tests) on the checkout as it stands now, in
+    # the evaluation's sandbox; None when the loop offers no check (no guards or smoke).
+    check: Callable[[], CheckResult] | None = None
 
 
 @dataclass

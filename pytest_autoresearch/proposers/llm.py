@@ -29,7 +29,7 @@ from pytest_autoresearch.proposers.base import (
     ProposerError,
     ProposerUnavailable,
 )
-from pytest_autoresearch.proposers.editor import NOTES_PATH, FileEditor, glob_matcher
+from pytest_autoresearch.proposers.editor import NOTES_PATH, TOOL_NAME, FileEditor, glob_matcher
 from pytest_autoresearch.sandbox.secrets import scrub  # re-exported for the LLM proposers
 
 __all__ = ["Exchange", "LLMProposer", "LLMProposerError", "LLMUnavailable", "scrub"]
@@ -42,6 +42,31 @@ TOKEN_CAP = 600_000  # input + output tokens of one proposal, all turns together
 # Experiments longer than this outlive a 5-minute prompt cache between two proposals:
 # the stable prefix is then cached for an hour (the Anthropic proposer).
 LONG_EXPERIMENT = 240.0
+
+# The check tool, offered when the loop gives a check (ProposalContext.check): the guards
+# and program.md's smoke: tests on the change as it stands (research/checks.py).
+CHECK_TOOL_NAME = "check"
+CHECKS_PER_EXCHANGE = 3
+CHECK_DESCRIPTION = (
+    "Run the guard tests (and the program's smoke tests) on the editable files as they are "
+    "now, in the same sandbox as the evaluation, within a time limit. Answers passed or "
+    "FAILED with the end of the test output. It does not measure the objective and never "
+    "decides a keep. Use it before you finish a risky change (architecture, imports, "
+    f"export); at most {CHECKS_PER_EXCHANGE} per experiment. Takes no arguments."
+)
+CHECK_TOOL = {  # the Messages API's custom tool
+    "name": CHECK_TOOL_NAME,
+    "description": CHECK_DESCRIPTION,
+    "input_schema": {"type": "object", "properties": {}},
+}
+CHECK_FUNCTION = {  # Chat Completions' function tool
+    "type": "function",
+    "function": {
+        "name": CHECK_TOOL_NAME,
+        "description": CHECK_DESCRIPTION,
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
 
 
 def _option(config: Any, name: str, default: Any) -> Any:
@@ -75,6 +100,8 @@ class Exchange:
     stop: str = ""
     final_text: str = ""
     usage: list[dict] = field(default_factory=list)
+    check: Any = None  # ProposalContext.check: the check tool is offered when set
+    checks: int = 0  # check calls in this exchange
 
     @property
     def tokens(self) -> int:
@@ -95,7 +122,7 @@ class LLMProposer:
         *,
         model: str,
         max_turns: int = MAX_TURNS,
-        history_tokens: int = prompt.HISTORY_TOKENS,
+        history_tokens: int | None = None,
         token_cap: int = TOKEN_CAP,
     ) -> None:
         self.model = model
@@ -127,7 +154,7 @@ class LLMProposer:
     def propose(self, ctx: ProposalContext) -> Proposal:
         """Let the model make one change; ProposerError if it made none."""
         system = prompt.system_prompt(ctx)
-        conv = self._new_conversation(system, prompt.state_message(ctx, self.history_tokens))
+        conv = self._new_conversation(system, prompt.state_message(ctx, self._budget(ctx)))
         thread = self._threads[ctx.experiment] = _Thread(conv, _editor_for(ctx))
         try:
             ex = self._exchange(ctx, thread, "propose")
@@ -152,7 +179,7 @@ class LLMProposer:
         if thread is None:
             # A fresh proposer (e.g. after a restart): start over from the state.
             system = prompt.system_prompt(ctx)
-            state = prompt.state_message(ctx, self.history_tokens)
+            state = prompt.state_message(ctx, self._budget(ctx))
             conv = self._new_conversation(system, state + "\n\n" + note)
             thread = self._threads[ctx.experiment] = _Thread(conv, _editor_for(ctx))
         else:
@@ -203,8 +230,15 @@ class LLMProposer:
 
     # -- shared machinery -----------------------------------------------------------------
 
+    def _budget(self, ctx: ProposalContext) -> int:
+        """The notebook's token budget: the option (command line or ini), else program.md's
+        ``notebook_tokens:``, else the default."""
+        if self.history_tokens is not None:
+            return int(self.history_tokens)
+        return int(getattr(ctx.program, "notebook_tokens", None) or prompt.HISTORY_TOKENS)
+
     def _exchange(self, ctx: ProposalContext, thread: _Thread, label: str) -> Exchange:
-        ex = Exchange()
+        ex = Exchange(check=getattr(ctx, "check", None))
         self.cache_hour = (ctx.seconds_per_experiment or 0.0) > LONG_EXPERIMENT
         try:
             while True:
@@ -223,6 +257,27 @@ class LLMProposer:
             self._save_transcript(ctx, label, ex, thread.conv)
         return ex
 
+    def _run_check(self, ex: Exchange) -> tuple[str, bool]:
+        """The check tool's answer: (text for the model, whether it is an error)."""
+        if ex.check is None:
+            return f"Error: no check is available in this run; use {TOOL_NAME}", True
+        if ex.checks >= CHECKS_PER_EXCHANGE:
+            return (
+                f"Error: no checks left ({CHECKS_PER_EXCHANGE} used in this experiment); "
+                "finish with your Description line",
+                True,
+            )
+        ex.checks += 1
+        result = ex.check()
+        left = CHECKS_PER_EXCHANGE - ex.checks
+        head = "check passed" if result.passed else "check FAILED"
+        output = scrub(result.output, self._secrets())
+        return (
+            f"{head}: {result.summary}\nThe end of the test output:\n```\n{output}\n```\n"
+            f"(Not a measurement: the full evaluation decides. {left} check(s) left.)",
+            False,
+        )
+
     def _proposal(self, ex: Exchange, thread: _Thread, description: str) -> Proposal:
         extra: dict[str, Any] = {
             "model": self.model,
@@ -232,6 +287,8 @@ class LLMProposer:
             "files": list(thread.editor.changed),
             "stop": ex.stop,
         }
+        if ex.checks:
+            extra["checks"] = ex.checks
         if thread.editor.notes_writes:
             extra["notes_edits"] = thread.editor.notes_writes
         if getattr(self, "price_known", True) is False:
@@ -296,6 +353,20 @@ def _context_matcher(program: Any) -> Any:
         return glob_matcher(globs)
     regexes = [glob_to_regex(g) for g in globs]
     return lambda rel: any(r.match(rel) for r in regexes)
+
+
+def notebook_option(config: Any) -> int | None:
+    """--autoresearch-notebook-tokens or its ini key; None when left at the default, so
+    that program.md's ``notebook_tokens:`` applies."""
+    try:
+        from pytest_autoresearch.program.options import option, option_source
+
+        if option_source(config, "notebook_tokens") == "default":
+            return None
+        return int(option(config, "notebook_tokens"))
+    except (KeyError, ValueError, AttributeError, TypeError):
+        value = _option(config, "autoresearch_notebook_tokens", None)
+        return None if value is None else int(value)
 
 
 def _host(url: Any) -> str:

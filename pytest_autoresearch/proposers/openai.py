@@ -16,6 +16,8 @@ from pytest_autoresearch.proposers.anthropic import price_for
 from pytest_autoresearch.proposers.base import Cost, ProposerFatal
 from pytest_autoresearch.proposers.editor import EDITOR_FUNCTION, TOOL_NAME, FileEditor
 from pytest_autoresearch.proposers.llm import (
+    CHECK_FUNCTION,
+    CHECK_TOOL_NAME,
     MAX_RETRIES,
     MAX_TOKENS,
     MAX_TURNS,
@@ -27,6 +29,7 @@ from pytest_autoresearch.proposers.llm import (
     LLMUnavailable,
     _host,
     _option,
+    notebook_option,
     retry_after,
     scrub,
 )
@@ -91,7 +94,7 @@ class OpenAIProposer(LLMProposer):
         api_key: str | None = None,
         base_url: str | None = None,
         client: Any = None,
-        history_tokens: int = prompt.HISTORY_TOKENS,
+        history_tokens: int | None = None,
         token_cap: int = TOKEN_CAP,
     ) -> None:
         super().__init__(
@@ -196,7 +199,7 @@ class OpenAIProposer(LLMProposer):
 
     def _turn(self, conv: list[dict], editor: FileEditor, ex: Exchange) -> bool:
         self._check_context(conv)
-        response = self._complete(conv)
+        response = self._complete(conv, ex)
         ex.turns += 1
         self._bill(response.usage, ex)
         if not response.choices:
@@ -225,18 +228,22 @@ class OpenAIProposer(LLMProposer):
             if ex.stop == "length" and c is calls[-1]:  # cut while writing it: never run
                 editor.refused += 1
                 answer = prompt.TRUNCATED
+            elif c.function.name == CHECK_TOOL_NAME and ex.check is not None:
+                answer = self._run_check(ex)[0]
             else:
                 answer = self._run_call(c, editor)
             conv.append({"role": "tool", "tool_call_id": c.id, "content": answer})
         return True
 
-    def _complete(self, conv: list[dict]) -> Any:
+    def _complete(self, conv: list[dict], ex: Exchange | None = None) -> Any:
         """One call; a 400 that asks for the other output-limit parameter is sent again."""
         for _ in range(2):
             kwargs = {
                 "model": self.model,
                 "messages": conv,
-                "tools": [EDITOR_FUNCTION],
+                "tools": [EDITOR_FUNCTION, CHECK_FUNCTION]
+                if ex is not None and ex.check
+                else [EDITOR_FUNCTION],
                 self.limit_key: self.max_tokens,
             }
             try:
@@ -368,5 +375,5 @@ def build(config: Any) -> OpenAIProposer:
         base_url=base_url,
         max_tokens=int(_option(config, "autoresearch_max_tokens", MAX_TOKENS)),
         max_turns=int(_option(config, "autoresearch_max_turns", MAX_TURNS)),
-        history_tokens=int(_option(config, "autoresearch_notebook_tokens", prompt.HISTORY_TOKENS)),
+        history_tokens=notebook_option(config),
     )

@@ -26,12 +26,17 @@ if TYPE_CHECKING:
 # at about 35 tokens a line fit the journal's share in full; the diffs and log tails
 # take the newest first.
 HISTORY_TOKENS = 12_000
-JOURNAL_SHARE, DIFF_SHARE = 0.55, 0.30  # the rest: log tails of recent failures
+# Shares of the budget: the journal, the diffs, the recent artifacts (record_artifact:
+# training logs); the rest, log tails of recent failures.
+JOURNAL_SHARE, DIFF_SHARE, ARTIFACT_SHARE = 0.50, 0.25, 0.15
 RECENT_IN_FULL = 8  # the newest experiments are always shown with their reasons
 NEAR_MISSES = 3  # discards within the noise of the best whose diffs are shown
 FAILURE_TAILS = 3  # recent crashes whose log tails are shown
 DIFF_CHARS = 2400  # one diff in the notebook
 TAIL_LINES = 25  # one failure's log tail in the notebook
+ARTIFACT_EXPERIMENTS = 3  # the newest experiments whose artifacts are shown
+ARTIFACT_LINES = 30  # of one artifact, its last lines
+LINE_CHARS = 300  # one line of a log tail or an artifact
 OTHER_METRICS = 6  # secondary metrics on a journal line
 DESCRIPTION_CHARS = 200
 LOG_TAIL_CHARS = 6000  # of a crash log handed to repair: the traceback is at the end
@@ -83,6 +88,15 @@ directions. Late in the run, exploit: refine what worked and combine near-misses
 - After several discards in a row, change direction rather than tuning the same idea."""
 
 
+CHECK_RULES = """\
+The check tool:
+- `check` runs the guard tests (and the program's smoke tests) on your change as it \
+stands, in the same sandbox as the evaluation, within a time limit, and answers passed or \
+FAILED with the end of the output. Use it before you finish a risky change: a crash found \
+there costs seconds, a crash in the evaluation costs a whole run. It never measures or \
+decides; a few calls per experiment."""
+
+
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate (about 4 characters a token) for budgeting only."""
     return (len(text) + 3) // 4
@@ -103,7 +117,10 @@ def system_prompt(ctx: ProposalContext) -> str:
     """The static part: the same text for every experiment of a run (cacheable)."""
     program = ctx.program
     better = "lower" if ctx.goal == "min" else "higher"
-    parts = [RULES, "", "## Objective", f"{ctx.objective}: {better} is better."]
+    parts = [RULES]
+    if getattr(ctx, "check", None) is not None:
+        parts += ["", CHECK_RULES]
+    parts += ["", "## Objective", f"{ctx.objective}: {better} is better."]
     min_delta = getattr(program, "min_delta", 0.0) or 0.0
     if min_delta > 0:
         parts.append(f"min_delta: a change must improve it by at least {min_delta:g} to be kept.")
@@ -215,7 +232,11 @@ def state_message(ctx: ProposalContext, history_tokens: int = HISTORY_TOKENS) ->
     diffs = _diff_section(ctx, int(history_tokens * DIFF_SHARE))
     if diffs:
         lines += ["", "## Diffs of kept changes and recent near-misses", diffs]
-    share = 1.0 - JOURNAL_SHARE - DIFF_SHARE
+    artifacts = _artifact_section(ctx.history, int(history_tokens * ARTIFACT_SHARE))
+    if artifacts:
+        lines += ["", "## Training signals of recent experiments (their tests' artifacts)"]
+        lines.append(artifacts)
+    share = 1.0 - JOURNAL_SHARE - DIFF_SHARE - ARTIFACT_SHARE
     tails = _failure_section(ctx.history, int(history_tokens * share))
     if tails:
         lines += ["", "## Recent failures (the end of their logs)", tails]
@@ -283,6 +304,40 @@ def _failure_section(history: Sequence[PastExperiment], budget_tokens: int) -> s
         out.insert(0, block)
         left -= estimate_tokens(block)
     return "\n".join(out)
+
+
+def _artifact_section(history: Sequence[PastExperiment], budget_tokens: int) -> str:
+    """The texts the tests of the newest experiments attached (a training log), the last
+    lines of each, newest first within the budget; what does not fit is named."""
+    recent = [e for e in history if e.artifacts][-ARTIFACT_EXPERIMENTS:]
+    blocks: list[tuple[int, str]] = []
+    left, skipped = budget_tokens, []
+    for e in reversed(recent):
+        for a in e.artifacts:
+            block = _artifact_block(e, a)
+            if estimate_tokens(block) > left:
+                skipped.append(f"#{e.index} {_one_line(str(a.get('name')), 40)}")
+                continue
+            blocks.append((e.index, block))
+            left -= estimate_tokens(block)
+    out = [b for _, b in sorted(blocks, key=lambda pair: pair[0])]
+    if skipped:
+        out.append(f"({', '.join(skipped)} not shown to save space; the record holds them)")
+    return "\n".join(out)
+
+
+def _artifact_block(e: PastExperiment, artifact: dict[str, Any]) -> str:
+    lines = str(artifact.get("text") or "").rstrip().splitlines()
+    shown = [ln if len(ln) <= LINE_CHARS else ln[:LINE_CHARS] + "..." for ln in lines]
+    shown = shown[-ARTIFACT_LINES:]
+    more = len(lines) - len(shown)
+    head = f"### #{e.index} {e.status}: {_one_line(str(artifact.get('name')), 40)}"
+    test = _one_line(str(artifact.get("test") or ""), 120)
+    if test:
+        head += f" (from {test})"
+    if more or artifact.get("cut"):
+        head += f" -- its last {len(shown)} lines"
+    return f"{head}\n```\n" + "\n".join(shown) + "\n```"
 
 
 def repair_message(failure: Failure, attempt: int, max_chars: int = LOG_TAIL_CHARS) -> str:

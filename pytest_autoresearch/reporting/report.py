@@ -171,7 +171,22 @@ def _summary(records: Sequence[dict[str, Any]], result: Any) -> list[str]:
         usd = cost.get("usd")
     if finite(usd) and usd > 0:
         lines.append(f"LLM cost: ${usd:.2f}")
+    lines += _checks_lines(records)
     return [scrub(line) for line in lines]
+
+
+def _checks_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The LLM's check tool: calls, how many passed, their time (research/checks.py)."""
+    checked = [r["checks"] for r in records if isinstance(r.get("checks"), dict)]
+    calls = sum(int(c.get("calls") or 0) for c in checked)
+    if not calls:
+        return []
+    passed = sum(int(c.get("passed") or 0) for c in checked)
+    seconds = sum(float(c.get("seconds") or 0.0) for c in checked)
+    return [
+        f"checks before evaluation: {calls} in {len(checked)} experiment(s), {passed} passed, "
+        f"{calls - passed} failed; {format_duration(seconds)} in all"
+    ]
 
 
 def _holdout_lines(result: Any, goal: str, baseline: Any, best: Any) -> list[str]:

@@ -37,6 +37,7 @@ from pytest_autoresearch.proposers.base import (
 )
 from pytest_autoresearch.research import decide
 from pytest_autoresearch.research.candidates import Candidate, Candidates
+from pytest_autoresearch.research.checks import check_for
 from pytest_autoresearch.research.faults import FAULT_ENV, FAULT_STEPS, Faults, parse_fault
 from pytest_autoresearch.research.records import (
     Failed,
@@ -358,6 +359,7 @@ class ResearchLoop(Candidates, RunState):
             self.journal.write("start", index=index, parent=rec["parent"], at=rec["started"])
         self.faults.at("after-start", index)
         ctx = self._context(index)
+        ctx.check = check_for(self, rec)  # the model's check tool (research/checks.py)
         try:
             proposal = self.proposer.propose(ctx)
         except ProposerUnavailable as exc:

@@ -57,6 +57,9 @@ class LoopSettings:
     # Seconds the proposer may stay unavailable (API overloaded, down) before the run
     # stops cleanly; --autoresearch-outage (run_state.OUTAGE by default).
     outage: float | None = None
+    # The check tool (research/checks.py): runs pytest args in the checkout through the
+    # evaluation's launcher, ``check(args, timeout) -> Evaluation``; None offers no check.
+    check: Any = None
 
 
 @dataclass
@@ -127,10 +130,17 @@ def forget_values(rec: dict[str, Any]) -> None:
     """A new version of the candidate (a repair, a re-base): measured from scratch."""
     rec.update(runs=[], samples={}, metrics={}, objective=None)
     rec.pop("_values", None)
+    rec.pop("artifacts", None)
 
 
 def take(rec: dict[str, Any], ev: Any, objective: str, constraints: Any) -> None:
-    """Add one evaluation's values to ``rec``, or raise Failed (crash, guard, constraint)."""
+    """Add one evaluation's values to ``rec``, or raise Failed (crash, guard, constraint).
+
+    The texts its tests attached (``record_artifact``: a training log) are kept whatever
+    the outcome, the newest run's: a crashed run's log says most.
+    """
+    if getattr(ev, "artifacts", None):
+        rec["artifacts"] = list(ev.artifacts)
     if ev.status != "ok":
         raise Failed(ev.status, ev.reason, ev.log_tail)
     value = ev.metrics.get(objective)

@@ -196,6 +196,7 @@ def _make_loop(
     from pytest_autoresearch.research.loop import LoopError, ResearchLoop, parse_fault
 
     settings = _loop_settings(config, plan)
+    settings.check = _in_place(plan, launcher, settings, metrics=False)  # the check tool
     try:
         parse_fault(settings.fault)  # a typo is an error before any worker is started
         executor = config.hook.pytest_autoresearch_make_executor(
@@ -250,8 +251,9 @@ def _loop_settings(config: pytest.Config, plan: Plan) -> Any:
     )
 
 
-def _in_place(plan: Plan, launcher: Any, settings: Any) -> Any:
-    """One evaluation in the user's checkout, as the in-place executor calls it."""
+def _in_place(plan: Plan, launcher: Any, settings: Any, *, metrics: bool = True) -> Any:
+    """One evaluation in the user's checkout, as the in-place executor calls it; with
+    ``metrics=False``, ``check(args, timeout)``: the check tool's tests (research/checks.py)."""
     from pytest_autoresearch.sandbox.evaluate import evaluate
 
     env = {**os.environ, **settings.eval_env}
@@ -262,6 +264,8 @@ def _in_place(plan: Plan, launcher: Any, settings: Any) -> Any:
             tmp_root=plan.record_dir / "tmp", extra_args=settings.eval_args, env=env,
         )  # fmt: skip
 
+    if not metrics:
+        return lambda args, timeout: evaluate_here([], args, timeout)
     return evaluate_here
 
 

@@ -81,6 +81,7 @@ class Standing:
                 metrics=rec.get("metrics") or None,
                 diff=rec.get("diff") or "",
                 log_tail=rec.get("log_tail") or "",
+                artifacts=tuple(rec.get("artifacts") or ()),
             )
         )
         self.cost = self.cost + Cost(**(rec.get("cost") or {}))

@@ -20,6 +20,7 @@ API::
       .close()
     EvalChannel.open(spec) -> EvalChannel   worker side (the plugin's --autoresearch-channel)
       .send(data)                      one line, then the fd is closed; later calls do nothing
+    artifacts_of(data, secrets) -> list[dict]   the document's text artifacts, bounded, scrubbed
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from collections.abc import Callable
 from typing import Any
 
 OPTION = "--autoresearch-channel"
+# The worker bounds artifacts (metrics/artifacts.py), but it runs the measured code: the
+# parent bounds them again. A log tail per artifact, a few per evaluation.
+ARTIFACT_CHARS = 8_000
+ARTIFACTS = 4
 MAX_MESSAGE = 64 * 1024 * 1024  # a metrics document is kilobytes; beyond this it is junk
 TICK = 0.05  # seconds between checks on the process where pidfd_open is not available
 
@@ -187,6 +192,35 @@ class ResultChannel:
             self.ignored += 1
             return
         self._message = data
+
+
+def artifacts_of(data: Any, secrets: Any = ()) -> list[dict[str, Any]]:
+    """The text artifacts of a worker's document (``record_artifact``), as the loop keeps
+    them: ``{name, test, text, cut}`` each, at most ``ARTIFACTS``, each the tail of at most
+    ``ARTIFACT_CHARS`` characters (``cut`` counts what was dropped), secrets scrubbed."""
+    from pytest_autoresearch.sandbox.secrets import scrub
+
+    found = data.get("artifacts") if isinstance(data, dict) else None
+    out: list[dict[str, Any]] = []
+    for entry in found if isinstance(found, list) else ():
+        if len(out) >= ARTIFACTS:
+            break
+        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
+            continue
+        text = entry["text"].replace("\x00", "")
+        cut = entry.get("cut") if isinstance(entry.get("cut"), int) else 0
+        if len(text) > ARTIFACT_CHARS:
+            cut += len(text) - ARTIFACT_CHARS
+            text = text[-ARTIFACT_CHARS:]
+        out.append(
+            {
+                "name": scrub(str(entry.get("name") or "artifact"), secrets)[:80],
+                "test": scrub(str(entry.get("nodeid") or ""), secrets)[:300],
+                "text": scrub(text, secrets),
+                "cut": max(0, int(cut)),
+            }
+        )
+    return out
 
 
 def _pidfd(pid: int) -> int | None:

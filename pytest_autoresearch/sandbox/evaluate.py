@@ -91,6 +91,8 @@ class Evaluation:
     returncode: int | None = None
     log_tail: str = ""  # last lines of the combined output, secrets scrubbed
     reason: str = ""  # one line: why it crashed or which guard failed; "" when all is well
+    # Texts the tests attached (record_artifact): {name, test, text, cut}, bounded, scrubbed.
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def evaluate(
@@ -345,6 +347,9 @@ def _interpret(
     except ValueError as exc:
         ev.reason = scrub(f"{exc} (pytest exit code {returncode}): {_error_line(tail)}", secrets)
         return ev
+    from pytest_autoresearch.sandbox.channel import artifacts_of
+
+    ev.artifacts = artifacts_of(data, secrets)
     ev.metrics = {m.name: m for m in _metrics(data, secrets)}
     ev.tests = [_test(t, secrets) for t in data.get("tests") or []]
     metric_ids = {t["nodeid"] for t in data.get("tests") or [] if t.get("metric")}
