@@ -50,7 +50,10 @@ def check_for(loop: Any, rec: dict[str, Any]) -> Callable[[], CheckResult] | Non
         try:
             ev = run(args, limit)
         finally:
-            loop.repo.restore()  # what the tests wrote goes; the proposal comes back
+            # What the tests wrote is flagged as if a proposal had written it, so that the
+            # restore removes it; then the proposal comes back, exactly as it was.
+            loop.repo.out_of_scope(loop.program.is_editable, after="proposal")
+            loop.repo.restore()
             loop.repo.load(held)
         result = verdict(ev, limit, loop.clock() - t0)
         count(rec, result)
@@ -98,13 +101,20 @@ def verdict(ev: Any, limit: float, seconds: float) -> CheckResult:
     return CheckResult(True, f"{passed} passed in {seconds:.1f}s", output, seconds)
 
 
-_ERROR = re.compile(r"\b\w*(Error|Exception)\b|^E\s")
+_ERROR = re.compile(r"\b\w*(Error|Exception)\b")
+_DETAIL = ("+", "-", "?", "where ", "At index")  # an assert's explanation, not its line
 
 
 def _telling_line(text: str) -> str:
-    """The last ``E`` line or error line of pytest output, shortened."""
+    """The telling line of pytest output: the exception raised (the last one), else the
+    failed assert's first ``E`` line, else the last error line; shortened."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     marked = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
-    found = marked or [ln for ln in lines if _ERROR.search(ln) and not ln.startswith("=")]
-    line = found[-1] if found else ""
+    marked = [ln for ln in marked if ln and not ln.startswith(_DETAIL)]
+    raised = [ln for ln in marked if _ERROR.match(ln)]
+    if raised or marked:
+        line = raised[-1] if raised else marked[0]
+    else:
+        found = [ln for ln in lines if _ERROR.search(ln) and not ln.startswith("=")]
+        line = found[-1] if found else ""
     return line if len(line) <= 200 else line[:197] + "..."
