@@ -187,8 +187,10 @@ _OPTIONS: list[tuple[str, Any, Any, str]] = [
         "proposer",
         str,
         None,
-        "who proposes changes: 'optuna' (built in, offline), 'anthropic', 'openai', or a name a "
-        "plugin provides (default: anthropic when ANTHROPIC_API_KEY is set, else optuna)",
+        "who proposes changes: 'optuna' (built in, offline), 'anthropic', 'openai' (an LLM "
+        "alone), 'hybrid' (an LLM for structure, Optuna for its numbers; 'hybrid:NAME' names "
+        "the LLM), or a name a plugin provides (default: hybrid when ANTHROPIC_API_KEY is "
+        "set, else optuna)",
     ),
     ("seed", int, None, "random seed for the optuna proposer (default: random)"),
     ("model", str, None, "model for LLM proposers (default depends on the proposer)"),
@@ -355,7 +357,10 @@ def proposer_choice(config: pytest.Config) -> tuple[str, str]:
             import importlib.util
 
             if importlib.util.find_spec("anthropic") is not None:
-                return "anthropic", "ANTHROPIC_API_KEY is set"
+                return "hybrid", (
+                    "ANTHROPIC_API_KEY is set: Claude proposes changes of structure, Optuna "
+                    "tunes their numbers; --autoresearch-proposer anthropic for Claude alone"
+                )
         except (ImportError, ValueError):
             pass
         return "optuna", "ANTHROPIC_API_KEY is set but the anthropic package is not installed"

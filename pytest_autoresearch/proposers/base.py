@@ -86,6 +86,10 @@ class PastExperiment:
     metrics: dict[str, float] | None = None
     diff: str = ""
     log_tail: str = ""
+    # The hybrid proposer: which half made it ("llm" | "optuna"), and the earlier
+    # experiment whose change it re-tried on top of the best (its numbers tuned), if any.
+    made_by: str = ""
+    builds_on: int | None = None
     # Texts its tests attached (record_artifact: a training log), {name, test, text, cut}.
     artifacts: tuple[dict[str, Any], ...] = ()
 
@@ -133,6 +137,9 @@ class ProposalContext:
     # How long an experiment has taken so far (None before the first): an LLM proposer
     # caches its prompt for an hour rather than five minutes when experiments are long.
     seconds_per_experiment: float | None = None
+    # Proposals for this experiment sent back unmeasured: each repeated an earlier or
+    # in-flight experiment (research/dedupe.py); one line each, with the earlier result.
+    sent_back: list[str] = field(default_factory=list)
     # Runs the guards (and program.md's smoke: tests) on the checkout as it stands now, in
     # the evaluation's sandbox; None when the loop offers no check (no guards or smoke).
     check: Callable[[], CheckResult] | None = None

@@ -55,6 +55,11 @@ _MAX_ATTEMPTS = 20  # asks allowed to find a suggestion that changes at least on
 # real gains next to the start point that a short run (the quick start) can keep.
 LOCAL_TRIALS = 10
 LOCAL_STEP = 1 / 16
+# A study of one change on top of the best (the hybrid tunes the numbers an LLM's change
+# brought in, in short bursts): its start value is a guess, not a tuned default, so the
+# first SPREAD_TRIALS spread the focus numbers over their ranges (a van der Corput
+# sequence, log-scaled where the range is) and TPE models from the trial after.
+SPREAD_TRIALS = 2
 
 
 class OptunaProposer:
@@ -69,27 +74,51 @@ class OptunaProposer:
         self.max_changes = max_changes
         self._study: Any = None
         self._study_path: Path | None = None
+        self._studies: dict[str, Any] = {}  # more studies by name (the hybrid's lines)
 
-    def propose(self, ctx: ProposalContext) -> Proposal:
-        """Rewrite a few constants to TPE's next suggestion and describe the change."""
+    def propose(
+        self,
+        ctx: ProposalContext,
+        *,
+        focus: list[str] | None = None,
+        study_name: str = STUDY_NAME,
+        start_value: float | None = None,
+    ) -> Proposal:
+        """Rewrite a few constants to TPE's next suggestion and describe the change.
+
+        The hybrid proposer (proposers/hybrid.py) passes ``focus``: only these numbers
+        move; ``study_name``: a study of its own for one change on top of the best (its
+        first trials spread out, SPREAD_TRIALS); ``start_value``: the measured value of the
+        files as they stand (else the best's).
+        """
         constants = _scan(ctx)
-        study = self._open(ctx)
+        study = self._open(ctx, study_name)
         spaces = _spaces(study, constants)
         distributions = {key: _distribution(space) for key, space in spaces.items()}
         _check_compatible(study, distributions, self._study_path)
         current = {key: c.value for key, c in constants.items()}
+        known = ctx.best_value if start_value is None else start_value
+        movable = sorted(k for k in constants if focus is None or _named(k, focus))
+        if not movable:
+            raise ProposerError(f"none of {', '.join(focus or [])} is a tunable number here")
         if not study.get_trials(deepcopy=False):
             # The start point, so TPE knows where the best is before it explores.
-            _add_start(study, distributions, current, ctx.best_value)
+            _add_start(study, distributions, current, known)
+        spread = study_name != STUDY_NAME
         for _ in range(_MAX_ATTEMPTS):
-            trial, changes = self._ask(study, constants, distributions, current)
-            if changes:
+            trial, changes = self._ask(study, constants, distributions, current, movable, spread)
+            if not changes:
+                # Same literals as the start: its value is known, so say so and ask again.
+                _tell_known(study, trial, known)
+                continue
+            earlier = _same_params(study, trial, constants)
+            if earlier is None:
                 break
-            # Same literals as the best: its value is known, so say so and ask again.
-            _tell_known(study, trial, ctx.best_value)
+            # Optuna never measures one parameter set twice: the earlier result stands.
+            _tell_known(study, trial, earlier.value if earlier.state.name == "COMPLETE" else None)
         else:
             raise ProposerError(
-                f"TPE suggested the current values {_MAX_ATTEMPTS} times in a row; "
+                f"TPE suggested values already measured {_MAX_ATTEMPTS} times in a row; "
                 "the search ranges may be too narrow (see '# search:' hints)"
             )
         try:
@@ -108,6 +137,7 @@ class OptunaProposer:
             params=params,
             extra={
                 "optuna_trial": trial.number,
+                "optuna_study": study_name,
                 "changed": [k for k, c in constants.items() if c in changes],
             },
         )
@@ -128,12 +158,14 @@ class OptunaProposer:
         number = proposal.extra.get("optuna_trial")
         if not isinstance(number, int):
             return  # not one of ours
-        study = self._open(ctx)
+        study = self._open(ctx, proposal.extra.get("optuna_study") or STUDY_NAME)
         trials = study.get_trials(deepcopy=False)
         if number >= len(trials) or trials[number].state.name != "RUNNING":
             return  # already told (or the study was replaced): nothing to add
         value = outcome.objective
-        if outcome.status in ("keep", "discard") and value is not None and math.isfinite(value):
+        # A duplicate was sent back unmeasured: the earlier experiment's value is its value.
+        measured = outcome.status in ("keep", "discard", "duplicate")
+        if measured and value is not None and math.isfinite(value):
             study.tell(number, float(value))
         else:
             study.tell(number, state=_fail_state())
@@ -142,11 +174,16 @@ class OptunaProposer:
         """Drop the study; everything it learnt is already in its journal file."""
         self._study = None
         self._study_path = None
+        self._studies.clear()
 
-    def _open(self, ctx: ProposalContext) -> Any:
-        """Load or create the study under ``ctx.state_dir`` (once per state dir)."""
+    def _open(self, ctx: ProposalContext, name: str = STUDY_NAME) -> Any:
+        """Load or create the study ``name`` under ``ctx.state_dir`` (once per state dir)."""
         path = Path(ctx.state_dir) / STUDY_FILE
-        if self._study is not None and self._study_path == path:
+        if self._study_path != path:
+            self._study, self._studies = None, {}
+        if name != STUDY_NAME and name in self._studies:
+            return self._studies[name]
+        if name == STUDY_NAME and self._study is not None:
             return self._study
         import optuna
 
@@ -160,7 +197,7 @@ class OptunaProposer:
             )
             study = optuna.create_study(
                 storage=storage,
-                study_name=STUDY_NAME,
+                study_name=name,
                 direction=direction,
                 sampler=self._sampler(0),
                 load_if_exists=True,
@@ -181,17 +218,24 @@ class OptunaProposer:
             if trial.state.name == "RUNNING":
                 study.tell(trial.number, state=_fail_state())
         # Reseed past the trials already made, so a resumed seeded run does not replay itself.
-        study.sampler = self._sampler(len(study.get_trials(deepcopy=False)))
-        self._study, self._study_path = study, path
+        study.sampler = self._sampler(len(study.get_trials(deepcopy=False)), name)
+        if name == STUDY_NAME:
+            self._study = study
+        else:
+            self._studies[name] = study
+        self._study_path = path
         return study
 
-    def _sampler(self, offset: int) -> Any:
+    def _sampler(self, offset: int, name: str = STUDY_NAME) -> Any:
         from optuna.samplers import TPESampler
 
         # constant_liar: trials still running (K workers) count as bad guesses, so parallel
         # asks spread out instead of piling onto one point; with one worker it changes nothing.
-        seed = None if self.seed is None else self.seed + offset
-        return TPESampler(seed=seed, constant_liar=True)
+        seed = None if self.seed is None else self.seed + offset + _stable_hash(name)
+        if name == STUDY_NAME:
+            return TPESampler(seed=seed, constant_liar=True)
+        # A short burst: TPE models from the start point and the spread trials on.
+        return TPESampler(seed=seed, constant_liar=True, n_startup_trials=SPREAD_TRIALS + 1)
 
     def _ask(
         self,
@@ -199,18 +243,29 @@ class OptunaProposer:
         constants: dict[str, Constant],
         distributions: dict[str, Any],
         current: dict[str, int | float],
+        movable: list[str] | None = None,
+        spread: bool = False,
     ) -> tuple[Any, dict[Constant, int | float]]:
         """One trial: TPE samples a few constants, the others stay at the current values."""
         trials = study.get_trials(deepcopy=False)
         number = len(trials)
         rng = random.Random(None if self.seed is None else f"{self.seed}:{number}")
-        keys = sorted(constants)
-        local = sum(t.state.name == "COMPLETE" for t in trials) < LOCAL_TRIALS
+        keys = sorted(movable if movable is not None else constants)
+        complete = sum(t.state.name == "COMPLETE" for t in trials)
+        local = not spread and complete < LOCAL_TRIALS
+        early = spread and number <= SPREAD_TRIALS  # trial 0 is the start point
         many = 1 if local else rng.randint(1, min(self.max_changes, len(keys)))
-        chosen = set(rng.sample(keys, many))
+        chosen = set(keys) if early else set(rng.sample(keys, many))
         fixed = {key: value for key, value in current.items() if key not in chosen}
         if local:
             fixed.update({k: local_move(rng, current[k], distributions[k]) for k in chosen})
+        if early:
+            fixed.update(
+                {
+                    k: spread_point(number + 1, i, distributions[k])
+                    for i, k in enumerate(sorted(chosen))
+                }
+            )
         tpe = study.sampler
         study.sampler = _fixed_and_rounded(fixed, tpe)
         try:
@@ -388,6 +443,55 @@ def local_move(rng: random.Random, value: int | float, dist: Any) -> int | float
     return rounded if lo <= rounded <= hi else moved
 
 
+def spread_point(number: int, dim: int, dist: Any) -> int | float:
+    """Trial ``number``'s value for the ``dim``-th focus number: a van der Corput point of
+    its range (base 2, 3, 5 ... by dimension), in log space for a log range."""
+    base = (2, 3, 5, 7, 11, 13)[dim % 6]
+    u, denom, n = 0.0, 1.0, number
+    while n:
+        n, digit = divmod(n, base)
+        denom *= base
+        u += digit / denom
+    lo, hi = float(dist.low), float(dist.high)
+    log = bool(dist.log) and lo > 0
+    to, back = (math.log, math.exp) if log else (float, float)
+    x = min(hi, max(lo, back(to(lo) + u * (to(hi) - to(lo)))))
+    if (
+        isinstance(dist.low, int)
+        and not isinstance(dist.low, bool)
+        and not isinstance(dist.high, float)
+    ):
+        return int(round(x))
+    rounded = round_float(x)
+    return rounded if lo <= rounded <= hi else x
+
+
+def _named(key: str, focus: list[str]) -> bool:
+    """``key`` (a name, or path:name when two files share it) is one of ``focus``."""
+    name = key.split(":", 1)[-1]
+    return name in focus or name.rsplit(".", 1)[-1] in focus
+
+
+def _stable_hash(name: str) -> int:
+    """A seed offset per study name that is the same in every process (hash() is not)."""
+    import zlib
+
+    return 0 if name == STUDY_NAME else zlib.crc32(name.encode()) % 100_000
+
+
+def _same_params(study: Any, trial: Any, constants: dict[str, Constant]) -> Any:
+    """An earlier trial of ``study`` with exactly ``trial``'s values as written, or None."""
+
+    def written(params: dict[str, Any]) -> dict[str, str]:
+        return {k: format_value(v, constants[k].text) for k, v in params.items() if k in constants}
+
+    mine = written(trial.params)
+    for other in study.get_trials(deepcopy=False):
+        if other.number != trial.number and other.params and written(other.params) == mine:
+            return other
+    return None
+
+
 def _fixed_and_rounded(fixed: dict[str, int | float], base: Any) -> Any:
     """A sampler that keeps ``fixed`` params and rounds the base sampler's floats as written.
 
@@ -457,7 +561,7 @@ def _add_start(
     study.add_trial(trial)
 
 
-def _tell_known(study: Any, trial: Any, value: float) -> None:
+def _tell_known(study: Any, trial: Any, value: float | None) -> None:
     if value is not None and math.isfinite(value):
         study.tell(trial.number, float(value))
     else:

@@ -30,7 +30,7 @@ HISTORY_TOKENS = 12_000
 # training logs); the rest, log tails of recent failures.
 JOURNAL_SHARE, DIFF_SHARE, ARTIFACT_SHARE = 0.50, 0.25, 0.15
 RECENT_IN_FULL = 8  # the newest experiments are always shown with their reasons
-NEAR_MISSES = 3  # discards within the noise of the best whose diffs are shown
+NEAR_MISSES = 5  # the short list's entries whose diffs are shown (proposers/shortlist.py)
 FAILURE_TAILS = 3  # recent crashes whose log tails are shown
 DIFF_CHARS = 2400  # one diff in the notebook
 TAIL_LINES = 25  # one failure's log tail in the notebook
@@ -240,6 +240,12 @@ def state_message(ctx: ProposalContext, history_tokens: int = HISTORY_TOKENS) ->
     tails = _failure_section(ctx.history, int(history_tokens * share))
     if tails:
         lines += ["", "## Recent failures (the end of their logs)", tails]
+    if getattr(ctx, "sent_back", None):
+        lines += [
+            "",
+            "## Sent back unmeasured (each repeated an earlier experiment on this best)",
+            *(f"- {_one_line(d, 300)}" for d in ctx.sent_back),
+        ]
     if ctx.in_flight:
         lines += [
             "",
@@ -263,18 +269,29 @@ def _notes_text(ctx: ProposalContext) -> str:
 
 
 def _diff_section(ctx: ProposalContext, budget_tokens: int) -> str:
-    """Kept diffs (newest first) and the latest near-misses, within the budget."""
-    near = [
-        e
-        for e in ctx.history
-        if e.status == "discard" and e.delta is not None and e.diff and e.delta > -ctx.noise
-    ][-NEAR_MISSES:]
+    """Kept diffs (newest first) and the short list (near-misses and untuned ideas, see
+    proposers/shortlist.py), within the budget."""
+    from pytest_autoresearch.proposers.shortlist import shortlist
+
+    listed = shortlist(ctx.history, ctx.noise, limit=NEAR_MISSES)
+    labels = {
+        s.exp.index: "near-miss, discarded" if s.why == "near-miss" else
+        f"untuned idea, discarded (its numbers {', '.join(s.knobs[:4])} not yet tuned)"
+        for s in listed
+    }  # fmt: skip
+    near = [s.exp for s in listed]
     kept = [e for e in ctx.history if e.status == "keep" and e.diff]
     picked = sorted(near, key=lambda e: -e.index) + sorted(kept, key=lambda e: -e.index)
     blocks: dict[int, str] = {}
     left, skipped = budget_tokens, []
+    if near:
+        blocks[-1] = (
+            "(Near-misses and untuned ideas are on the short list: you may re-try one on "
+            "top of the current best, with other numbers. The same change on the same best "
+            "is not measured twice.)"
+        )
     for e in picked:
-        block = _diff_block(e)
+        block = _diff_block(e, labels.get(e.index))
         if estimate_tokens(block) > left:
             skipped.append(e.index)
             continue
@@ -287,8 +304,8 @@ def _diff_section(ctx: ProposalContext, budget_tokens: int) -> str:
     return "\n".join(out)
 
 
-def _diff_block(e: PastExperiment) -> str:
-    what = "kept" if e.status == "keep" else "near-miss, discarded"
+def _diff_block(e: PastExperiment, what: str | None = None) -> str:
+    what = "kept" if e.status == "keep" else (what or "near-miss, discarded")
     diff = e.diff if len(e.diff) <= DIFF_CHARS else e.diff[:DIFF_CHARS] + "\n[... diff cut]"
     return f"### #{e.index} {what}: {_one_line(e.description, 120)}\n```diff\n{diff}\n```"
 

@@ -304,6 +304,10 @@ def pytest_autoresearch_make_proposer(name: str, config: pytest.Config):
         from pytest_autoresearch.proposers import openai
 
         return openai.build(config)
+    if name == "hybrid" or name.startswith("hybrid:"):
+        from pytest_autoresearch.proposers import hybrid
+
+        return hybrid.build(config, name)
     if name == "working-tree":
         from pytest_autoresearch.proposers import working_tree
 

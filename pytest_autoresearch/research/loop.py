@@ -49,6 +49,7 @@ from pytest_autoresearch.research.records import (
     shown,
 )
 from pytest_autoresearch.research.run_state import RunState
+from pytest_autoresearch.research.sent_back import SendBack
 
 __all__ = [
     "FAULT_ENV",
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 
-class ResearchLoop(Candidates, RunState):
+class ResearchLoop(SendBack, Candidates, RunState):
     """Runs experiments until the count, the cost cap, Ctrl-C or a fatal proposer error.
 
     ``executor``: where trials run (``executors/``); without one, ``evaluate`` is run in
@@ -340,6 +341,7 @@ class ResearchLoop(Candidates, RunState):
             seconds_per_experiment=(
                 sum(st.durations) / len(st.durations) if st.durations else None
             ),
+            sent_back=self.sent_back_lines(index),  # repeats sent back (research/sent_back.py)
         )
 
     def _start(self, index: int) -> None:
@@ -377,10 +379,15 @@ class ResearchLoop(Candidates, RunState):
         proposal.cost = proposal.cost + self._waiting.pop(index, Cost())
         rec["durations"] = {"propose": self.clock() - t0}
         rec.update(description=proposal.description, params=proposal.params)
+        for key in ("made_by", "builds_on"):  # the hybrid proposer: which half, on what
+            if proposal.extra.get(key) is not None:
+                rec[key] = proposal.extra[key]
         self.faults.at("after-proposal", index)
         cand = Candidate(rec, ctx, proposal, "", rec["parent"], self.st.best_state(), t0)
         cand.cost = proposal.cost
         if not self._checked(cand, "proposal"):
+            return
+        if self._sent_back(cand):  # it repeats another: not measured, proposed again
             return
         self._submit_candidate(cand)
         if self.capacity > 1:

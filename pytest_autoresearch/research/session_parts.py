@@ -90,7 +90,8 @@ def make_proposer(config: pytest.Config, root: Path, program: Any, echo: Any) ->
         ) from None
     if proposer is None:
         raise pytest.UsageError(
-            f"no proposer called {name!r}: the built-in ones are optuna, anthropic and openai; "
+            f"no proposer called {name!r}: the built-in ones are optuna, anthropic, openai and "
+            "hybrid; "
             "a plugin adds more through the pytest_autoresearch_make_proposer hook"
         )
     check = getattr(proposer, "check", None)  # e.g. a rejected API key: say so before any work

@@ -81,6 +81,8 @@ class Standing:
                 metrics=rec.get("metrics") or None,
                 diff=rec.get("diff") or "",
                 log_tail=rec.get("log_tail") or "",
+                made_by=rec.get("made_by") or "",
+                builds_on=rec.get("builds_on"),
                 artifacts=tuple(rec.get("artifacts") or ()),
             )
         )
