@@ -13,9 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "example_project"
 METRIC_NODE = "tests/test_metric.py::test_train_cpu"
-SMALL_BUDGET = "6e10"  # model FLOPs: about 10 steps of the CPU profile, a few seconds
+SMALL_BUDGET = "2e10"  # model FLOPs: about 18 steps of the CPU profile, a few seconds
 
 
 def copy_example(dest: Path) -> Path:
@@ -37,8 +38,9 @@ def example_env(cache: Path, project: Path | None = None, **extra: str) -> dict[
                 "NANOCHAT_DATA"):  # fmt: skip
         env.pop(key, None)
     env.update(NANOCHAT_CACHE=str(cache), NANOCHAT_FORCE_CPU="1", OMP_WAIT_POLICY="PASSIVE")
-    if project is not None:
-        env["PYTHONPATH"] = str(project)
+    # This checkout's plugin, whatever is installed (the example's own runs need it too).
+    paths = [str(project)] if project is not None else []
+    env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO)])
     env.update(extra)
     return env
 

@@ -310,7 +310,6 @@ def train(out: str, stats_path: str | None) -> dict:
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats()
-    data = prepare.load_data(profile)
 
     config = make_config(profile)
     model = GPT(config).to(device)
@@ -328,7 +327,8 @@ def train(out: str, stats_path: str | None) -> dict:
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16)
     attention = sdpa_backends(device)
     batch_size = max(1, round(DEVICE_BATCH_SIZE * profile.batch_scale))
-    loader = prepare.batches(data, batch_size, device, seed=SEED)
+    # The harness serves the batches and counts the tokens; the data itself is out of reach.
+    loader = prepare.batches(batch_size, device)
     step_flops = count_step_flops(config, batch_size)
     # Compilation and allocator warm-up are not timed; a FLOP budget counts every step.
     untimed_steps = 10 if device == "cuda" else 1

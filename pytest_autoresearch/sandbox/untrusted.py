@@ -76,7 +76,7 @@ def run_untrusted(
     cpu_limit: float | None = None,
     wall_limit: float | None = None,
     env: Mapping[str, str] | None = None,
-    input: bytes | str | None = None,
+    input: bytes | str | int | None = None,
     network: bool = True,
     max_output: int = MAX_OUTPUT,
 ) -> UntrustedResult:
@@ -86,7 +86,9 @@ def run_untrusted(
     ``writable``: paths outside ``cwd`` it may write and keep; everything else but ``cwd``
     and its fresh HOME/TMPDIR is read-only. ``cpu_limit``/``wall_limit``: seconds; past one,
     the whole tree is killed and the status says which. ``env``: its environment (default:
-    this one without secrets). ``network=False``: loopback only.
+    this one without secrets). ``input``: its stdin, as bytes or text, or the read end of a
+    pipe (a file descriptor) that the caller feeds while it runs; the caller keeps and
+    closes its own copy. ``network=False``: loopback only.
     """
     from pytest_autoresearch.sandbox.scratch import apply, make_scratch
     from pytest_autoresearch.sandbox.secrets import without_secrets
@@ -161,9 +163,11 @@ def _launcher(cwd: Path, hide: Sequence[Path | str], writable: Sequence[Path | s
     return NamespaceLauncher([], reaper, launcher.describe())
 
 
-def _stdin(tmp: Path, data: bytes | str | None) -> int | object:
+def _stdin(tmp: Path, data: bytes | str | int | None) -> int | object:
     if data is None:
         return subprocess.DEVNULL
+    if isinstance(data, int) and not isinstance(data, bool):
+        return data  # a pipe the caller feeds while the command runs (it closes its own copy)
     path = tmp / "in"
     path.write_bytes(data.encode() if isinstance(data, str) else data)
     return open(path, "rb")  # noqa: SIM115 - closed with the process (the child has a copy)
