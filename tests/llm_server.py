@@ -86,11 +86,19 @@ class LLMServer:
                     raw,
                 )
                 reply = server._answer(req)
+                usage = isinstance(body, dict) and (body.get("stream_options") or {}).get(
+                    "include_usage"
+                )
                 if isinstance(reply, Cut):
+                    if _is_chat(reply.body):
+                        events = chat_events(reply.body, bool(usage))
+                        return self._send_events(events, reply.events, reply.clean)
                     return self._stream(reply.body, reply.events, reply.clean)
                 streamed = isinstance(body, dict) and body.get("stream") is True
                 if streamed and reply.status == 200 and _is_message(reply.body):
                     return self._stream(reply.body, None)
+                if streamed and reply.status == 200 and _is_chat(reply.body):
+                    return self._send_events(chat_events(reply.body, bool(usage)), None)
                 data = json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 self.send_header("content-type", "application/json")
@@ -102,11 +110,22 @@ class LLMServer:
 
             def _stream(self, msg: dict, cut_after: int | None, clean: bool = False) -> None:
                 """The message as server-sent events, chunked; cut after some if asked."""
+                events = [
+                    f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+                    for name, data in sse_events(msg)
+                ]
+                self._send_events(events, cut_after, clean)
+
+            def _send_events(
+                self, events: list[bytes], cut_after: int | None, clean: bool = False
+            ) -> None:
+                """Server-sent events, chunked; cut after ``cut_after`` of them if asked (in
+                the middle of a chunk, or cleanly with ``clean``: no end marker)."""
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("transfer-encoding", "chunked")
                 self.end_headers()
-                for i, (name, data) in enumerate(sse_events(msg)):
+                for i, payload in enumerate(events):
                     if cut_after is not None and i >= cut_after and clean:
                         break
                     if cut_after is not None and i >= cut_after:
@@ -114,7 +133,6 @@ class LLMServer:
                         self.wfile.flush()
                         self.close_connection = True
                         return
-                    payload = f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
                     self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
                 self.wfile.write(b"0\r\n\r\n")
 
@@ -332,6 +350,39 @@ def chat_error(status: int, message: str = "error") -> Reply:
         {"error": {"message": message, "type": "error", "code": None}},
         {"retry-after-ms": "1"},
     )
+
+
+def _is_chat(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("object") == "chat.completion"
+
+
+def chat_events(body: dict, usage: bool) -> list[bytes]:
+    """A Chat Completions answer as the stream of chunks a server sends for it: the role,
+    the text, each tool call's name then its arguments in two halves, the finish reason,
+    the usage (when asked for with stream_options), then [DONE]."""
+    choice = body["choices"][0]
+    msg = choice["message"]
+    head = {k: body[k] for k in ("id", "created", "model")}
+    head["object"] = "chat.completion.chunk"
+
+    def chunk(delta: dict, finish: str | None = None) -> dict:
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    chunks = [chunk({"role": "assistant", "content": ""})]
+    if msg.get("content"):
+        chunks.append(chunk({"content": msg["content"]}))
+    for i, c in enumerate(msg.get("tool_calls") or []):
+        args = c["function"]["arguments"]
+        start = {"index": i, "id": c["id"], "type": "function"}
+        start["function"] = {"name": c["function"]["name"], "arguments": ""}
+        chunks.append(chunk({"tool_calls": [start]}))
+        for part in (args[: len(args) // 2], args[len(args) // 2 :]):
+            chunks.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": part}}]}))
+    chunks.append(chunk({}, choice["finish_reason"]))
+    if usage:
+        chunks.append({**head, "choices": [], "usage": body.get("usage")})
+    out = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks]
+    return [*out, b"data: [DONE]\n\n"]
 
 
 def tool_messages(req: Request) -> list[dict]:

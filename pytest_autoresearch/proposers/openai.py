@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from types import SimpleNamespace
 from typing import Any
 
 from pytest_autoresearch.proposers import prompt
-from pytest_autoresearch.proposers.anthropic import price_for
+from pytest_autoresearch.proposers.anthropic import _transport_errors, price_for
 from pytest_autoresearch.proposers.base import Cost, ProposerFatal
 from pytest_autoresearch.proposers.editor import EDITOR_FUNCTION, TOOL_NAME, FileEditor
 from pytest_autoresearch.proposers.llm import (
@@ -41,6 +43,11 @@ NO_KEY = (
     "--autoresearch-proposer optuna"
 )
 PLACEHOLDER_KEY = "no-key"  # local servers ignore the key, but the SDK insists on one
+# A stream cut in the middle (connection lost, no finish reason) is sent again at once, up
+# to this many times, 1 s, 2 s ... apart; then the proposal is unavailable and the loop
+# backs off (research/run_state.py), as for the Anthropic proposer.
+STREAM_RETRIES = 2
+_sleep = time.sleep  # tests make the waits between resent streams instant
 
 # USD per million tokens: (input, output, cached input). OpenAI's published list
 # prices for a few families as of 2026-11-23; the longest matching prefix wins.
@@ -122,6 +129,9 @@ class OpenAIProposer(LLMProposer):
         # OpenAI's own newer models take max_completion_tokens (and refuse max_tokens);
         # local servers take max_tokens. A 400 naming the other one switches for good.
         self.limit_key = "max_completion_tokens" if _is_openai(self.host) else "max_tokens"
+        # The usage of a streamed answer comes in a last chunk when asked for; a server that
+        # refuses stream_options (400 naming it) is asked without, for good.
+        self.stream_usage = True
         self.context_window: int | None = None  # the server's, when its /models says it
         self._warned_context = False
         self._resolve_prices()
@@ -236,26 +246,66 @@ class OpenAIProposer(LLMProposer):
         return True
 
     def _complete(self, conv: list[dict], ex: Exchange | None = None) -> Any:
-        """One call; a 400 that asks for the other output-limit parameter is sent again."""
-        for _ in range(2):
-            kwargs = {
+        """One streamed call; a 400 that asks for the other output-limit parameter, or that
+        refuses ``stream_options``, is sent again without it."""
+        for _ in range(3):
+            kwargs: dict[str, Any] = {
                 "model": self.model,
                 "messages": conv,
                 "tools": [EDITOR_FUNCTION, CHECK_FUNCTION]
                 if ex is not None and ex.check
                 else [EDITOR_FUNCTION],
                 self.limit_key: self.max_tokens,
+                "stream": True,
             }
+            if self.stream_usage:
+                kwargs["stream_options"] = {"include_usage": True}
             try:
-                return self._guard(lambda k=kwargs: self.client.chat.completions.create(**k))
+                return self._streamed(kwargs)
             except LLMProposerError as exc:
-                named = "max_tokens" in str(exc) or "max_completion_tokens" in str(exc)
-                if getattr(exc, "status", None) != 400 or not named:
+                if getattr(exc, "status", None) != 400:
+                    raise
+                if self.stream_usage and "stream_options" in str(exc):
+                    self.stream_usage = False
+                    continue
+                if "max_tokens" not in str(exc) and "max_completion_tokens" not in str(exc):
                     raise
                 self.limit_key = (
                     "max_tokens" if self.limit_key != "max_tokens" else "max_completion_tokens"
                 )
         raise LLMProposerError(f"{self.host} refused both max_tokens and max_completion_tokens")
+
+    def _streamed(self, kwargs: dict[str, Any]) -> Any:
+        """The answer of one streamed call; a stream cut in the middle is sent again."""
+        why = ""
+        for attempt in range(STREAM_RETRIES + 1):
+            if attempt:
+                _sleep(min(8.0, 2.0 ** (attempt - 1)))
+            try:
+                return self._stream(kwargs)
+            except _StreamCut as cut:
+                why = str(cut)
+        raise LLMUnavailable(f"{self.host}'s stream was cut {STREAM_RETRIES + 1} times ({why})")
+
+    def _stream(self, kwargs: dict[str, Any]) -> Any:
+        import openai
+
+        stream = self._guard(lambda: self.client.chat.completions.create(**kwargs))
+        answer = _Answer()
+        try:
+            for chunk in stream:
+                answer.add(chunk)
+        except _transport_errors() + (openai.APIError,) as exc:
+            detail = scrub(_detail(exc) if isinstance(exc, openai.APIError) else str(exc),
+                           self._secrets())  # fmt: skip
+            raise _StreamCut(f"{type(exc).__name__}: {detail}") from None
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        if answer.finish is None:  # the body ended without a finish reason
+            raise _StreamCut("the stream ended before a finish reason")
+        return answer.response()
 
     def _check_context(self, conv: list[dict]) -> None:
         """Warn once (on stderr and in the transcript) when the prompt will not fit."""
@@ -342,6 +392,53 @@ class OpenAIProposer(LLMProposer):
                 f"could not reach {self.host} after {self.max_retries} retries: is the server "
                 "running, and is the base URL right?"
             ) from None
+
+
+class _StreamCut(Exception):
+    """A stream that stopped in the middle: sent again (``STREAM_RETRIES``)."""
+
+
+class _Answer:
+    """A streamed answer put together from its chunks, shaped like a ChatCompletion for
+    ``_turn``: the text, each tool call (its arguments joined), the finish reason, usage."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.finish: str | None = None
+        self.usage: Any = None
+
+    def add(self, chunk: Any) -> None:
+        if getattr(chunk, "usage", None) is not None:
+            self.usage = chunk.usage
+        for choice in getattr(chunk, "choices", None) or ():
+            if getattr(choice, "index", 0) not in (0, None):
+                continue  # one answer asked for: n = 1
+            delta = getattr(choice, "delta", None)
+            if delta is not None:
+                if delta.content:
+                    self.text.append(delta.content)
+                for part in delta.tool_calls or ():
+                    slot = self.calls.setdefault(part.index, {"id": "", "name": "", "args": []})
+                    slot["id"] = slot["id"] or (part.id or "")
+                    fn = part.function
+                    if fn is not None:
+                        slot["name"] = slot["name"] or (fn.name or "")
+                        slot["args"].append(fn.arguments or "")
+            if choice.finish_reason:
+                self.finish = choice.finish_reason
+
+    def response(self) -> Any:
+        calls = [
+            SimpleNamespace(
+                id=slot["id"] or f"call_{i}",
+                function=SimpleNamespace(name=slot["name"], arguments="".join(slot["args"])),
+            )
+            for i, slot in sorted(self.calls.items())
+        ]
+        message = SimpleNamespace(content="".join(self.text) or None, tool_calls=calls or None)
+        choice = SimpleNamespace(message=message, finish_reason=self.finish)
+        return SimpleNamespace(choices=[choice], usage=self.usage)
 
 
 def _context_window(model: Any) -> int | None:
