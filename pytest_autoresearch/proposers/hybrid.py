@@ -21,7 +21,9 @@ The bandit rule, per experiment (every input is in the journal, so a resumed run
 the same way):
 
 1. A half with fewer than ``MIN_TRIES`` experiments goes next (the LLM first).
-2. A tuning burst in progress goes on (the last experiment tuned an entry still listed).
+2. A tuning burst in progress goes on: the last experiment tuned an entry still on the
+   list (its re-tries are paying: ``shortlist.paying``), or it was kept and its numbers
+   are tuned further on the best, while each try is kept, up to ``shortlist.TRIES``.
 3. A half with less than ``FLOOR`` of the last ``WINDOW`` experiments goes next.
 4. Otherwise the half with the higher recent gain per experiment: over its own last
    ``WINDOW`` experiments, the improvement of each kept one (0 for the rest) summed and
@@ -64,8 +66,7 @@ __all__ = ["FLOOR", "MIN_TRIES", "WINDOW", "Choice", "HybridProposer", "build", 
 WINDOW = 12  # recent experiments of each half the bandit weighs
 FLOOR = 0.2  # each half makes at least this share of the last WINDOW experiments
 MIN_TRIES = 2  # experiments of each half before the bandit weighs them
-SPREAD = 2  # tries of a burst before it must show progress to go on
-PAYING = 3.0  # sigma a burst must gain on its entry's first value to go on after SPREAD
+POOL = 20  # short-list entries the tuner may pick from (the notebook shows fewer)
 
 STRUCTURE_NOTE = """\
 
@@ -93,7 +94,7 @@ class Choice:
 def choose(history: Sequence[PastExperiment], noise: float, skip: set[int] = frozenset()) -> Choice:
     """The bandit rule of the module docstring, over the journal's experiments."""
     made = [e for e in history if e.made_by in ("llm", "optuna")]
-    listed = [s for s in shortlist(history, noise) if s.exp.index not in skip]
+    listed = [s for s in shortlist(history, noise, limit=POOL) if s.exp.index not in skip]
     entry = _pick_entry(listed)
     counts = {h: sum(1 for e in made if e.made_by == h) for h in ("llm", "optuna")}
     for half in ("llm", "optuna"):
@@ -104,7 +105,7 @@ def choose(history: Sequence[PastExperiment], noise: float, skip: set[int] = fro
         j = last.builds_on
         tries = [e for e in history if e.builds_on == j]
         going = next((s for s in listed if s.exp.index == j), None)
-        if going is not None and paying(going, history, noise):
+        if going is not None:  # still listed: its burst is paying (shortlist.paying)
             return Choice("optuna", going, f"tuning #{j} goes on")
         source = next((e for e in history if e.index == j), None)
         kept = any(e.status == "keep" for e in tries)
@@ -124,18 +125,6 @@ def choose(history: Sequence[PastExperiment], noise: float, skip: set[int] = fro
         half = "llm"
     why = f"gain per experiment llm {rate['llm']:.4g}, optuna {rate['optuna']:.4g}"
     return Choice(half, entry if half == "optuna" else None, why)
-
-
-def paying(entry: Entry, history: Sequence[PastExperiment], noise: float) -> bool:
-    """A burst goes on for its first SPREAD tries, then only while one of its experiments
-    beat the entry's own first measurement by more than PAYING sigma (a knob that does not
-    matter, or an idea that does not work, stops costing experiments)."""
-    tries = [e for e in history if e.builds_on == entry.exp.index]
-    if len(tries) < SPREAD:
-        return True
-    start = entry.exp.delta
-    deltas = [e.delta for e in tries if e.delta is not None]
-    return start is not None and bool(deltas) and max(deltas) > start + PAYING * abs(noise or 0.0)
 
 
 def gain_rates(made: Sequence[PastExperiment]) -> dict[str, float]:

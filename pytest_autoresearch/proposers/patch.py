@@ -47,7 +47,16 @@ def parse(diff_text: str) -> list[FileDiff]:
     hunk: Hunk | None = None
     old_left = new_left = 0
     old_path = ""
+    loose = False  # body lines after a file header with no '@@' (a hand-made diff)
     for line in diff_text.splitlines():
+        if (
+            loose
+            and hunk is not None
+            and line[:1] in ("+", "-", " ")
+            and not line.startswith("--- ")
+        ):
+            hunk.lines.append(line if line[:1] != " " else " " + line[1:])
+            continue
         if old_left > 0 or new_left > 0:
             tag = line[:1]
             if line.startswith("\\"):
@@ -75,7 +84,12 @@ def parse(diff_text: str) -> list[FileDiff]:
                 deleted=new_path == "/dev/null",
             )
             files.append(current)
+            hunk, loose = Hunk(1), True
+            current.hunks.append(hunk)
         elif line.startswith("@@") and current is not None:
+            if loose and hunk is not None and not hunk.lines:
+                current.hunks.pop()  # the placeholder: this diff has real hunks
+            loose = False
             old_start, old_left, new_left = _header(line)
             hunk = Hunk(old_start)
             current.hunks.append(hunk)

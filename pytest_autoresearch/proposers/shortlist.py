@@ -10,7 +10,9 @@ forgotten when it may still pay:
   measured but discarded before its numbers were tuned: a good idea with a poor constant.
 
 Each stays on the list until an experiment built on it (``builds_on``) was kept, or it was
-re-tried ``TRIES`` times, or ``LIMIT`` newer entries pushed it off. The LLM sees the list with
+re-tried ``TRIES`` times, or ``SPREAD`` re-tries gained nothing on it (``paying``), or
+``limit`` newer entries pushed it off (``LIMIT`` in the notebook; the hybrid keeps a longer
+list, so that every untuned idea gets its turn). The LLM sees the list with
 its diffs in the notebook (proposers/prompt.py); the hybrid proposer tunes its entries'
 numbers on top of the best (proposers/hybrid.py).
 
@@ -31,10 +33,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pytest_autoresearch.proposers.base import PastExperiment
 
-__all__ = ["LIMIT", "TRIES", "Entry", "knobs_in", "shape", "shortlist", "structural"]
+__all__ = [
+    "LIMIT", "PAYING", "SPREAD", "TRIES", "Entry", "knobs_in", "paying", "shape", "shortlist",
+    "structural",
+]  # fmt: skip
 
 LIMIT = 5  # entries on the list, newest first
 TRIES = 4  # re-tries of one entry (a tuning burst) before it leaves the list
+SPREAD = 2  # re-tries before they must show progress for the entry to stay
+PAYING = 3.0  # sigma the re-tries must gain on the entry's first value after SPREAD
 
 _KNOB = re.compile(
     r"^\s*(?P<name>[A-Za-z_][\w.]*)\s*(?::\s*[\w.\[\], ]+)?\s*=\s*"
@@ -73,6 +80,8 @@ def shortlist(history: Sequence[PastExperiment], noise: float, limit: int = LIMI
         tries = built.get(e.index, [])
         if any(t.status == "keep" for t in tries) or len(tries) >= TRIES:
             continue
+        if not paying(e, tries, noise):
+            continue
         knobs = tuple(knobs_in(e.diff))
         near = e.delta is not None and e.delta > -abs(noise or 0.0)
         if near:
@@ -85,6 +94,17 @@ def shortlist(history: Sequence[PastExperiment], noise: float, limit: int = LIMI
         ):
             out.append(Entry(e, "untuned", knobs, len(tries)))
     return out
+
+
+def paying(exp: PastExperiment, tries: Sequence[PastExperiment], noise: float) -> bool:
+    """Re-tries of ``exp`` go on for their first SPREAD, then only while one of them beat
+    ``exp``'s own first measurement by more than PAYING sigma: a knob that does not matter,
+    or an idea that does not work, stops costing experiments."""
+    if len(tries) < SPREAD:
+        return True
+    deltas = [t.delta for t in tries if t.delta is not None]
+    start = exp.delta
+    return start is not None and bool(deltas) and max(deltas) > start + PAYING * abs(noise or 0.0)
 
 
 def knobs_in(diff_text: str) -> list[str]:
