@@ -5,10 +5,13 @@ Usage:
 
 Each run is one evaluation as the research loop runs it: `pytest tests/test_metric.py::
 test_train_cpu tests/test_guards.py` in a copy of example_project/ (offline corpus,
-private cache), read back through --metrics-json. Reported per run: wall time and CPU time
-(user + system of the whole process tree, which load on a shared machine inflates far less
-than wall time), and the metric values, which must be identical run to run. --loaded runs
-every other evaluation beside one busy loop per core. The first prepare is timed apart.
+private cache), read back through --metrics-json. Reported per run: the baseline's val_bpb
+(which must be identical run to run), the training seconds, the model FLOP/s (FLOPs per
+token of the default model, counted by PyTorch, times the tokens per second) and its share
+of the fp32 matmul peak measured in the same run (the metric's `mfu`), the metric test's
+and the session's wall time, and the session's CPU time (user + system of the whole
+process tree). --loaded runs every other evaluation beside one busy loop per core. The
+first prepare is timed apart.
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ from pathlib import Path
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
 NODE = "tests/test_metric.py::test_train_cpu"
+REPO = EXAMPLE.parent
+FLOPS_PER_TOKEN = (  # of the default model, counted like train.py counts them
+    "from nanochat import prepare, train; p = prepare.get_profile('cpu'); "
+    "b = max(1, round(train.DEVICE_BATCH_SIZE * p.batch_scale)); "
+    "print(train.count_step_flops(train.make_config(p), b) / (b * p.seq_len), b * p.seq_len)"
+)
 
 
 def _children_cpu() -> float:
@@ -62,6 +71,17 @@ def one_run(project: Path, env: dict[str, str], out: Path, loaded: bool = False)
             "metric_test_s": test["duration"], **values}  # fmt: skip
 
 
+def with_flops(run: dict, per_token: float, tokens_per_step: int) -> dict:
+    """Training seconds, model FLOP/s and the matmul peak it was measured against."""
+    flops_per_s = run["tokens_per_s"] * per_token
+    return {
+        **run,
+        "training_s": run["num_steps"] * tokens_per_step / run["tokens_per_s"],
+        "model_flops_per_s": flops_per_s,
+        "matmul_peak_flops": flops_per_s / run["mfu"],  # mfu = model FLOP/s / that peak
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -83,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             NANOCHAT_CACHE=str(Path(tmp) / "cache"),
             NANOCHAT_DATA="stdlib",
             NANOCHAT_FORCE_CPU="1",
-            PYTHONPATH=str(project),
+            PYTHONPATH=os.pathsep.join([str(project), str(REPO)]),
         )
         env.pop("NANOCHAT_TIME_BUDGET", None)
         env.pop("NANOCHAT_FLOP_BUDGET", None)
@@ -97,14 +117,22 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True,
         )
         prepare_s = time.monotonic() - t0
+        counted = subprocess.run(
+            [sys.executable, "-c", FLOPS_PER_TOKEN],
+            cwd=project, env=env, check=True, capture_output=True, text=True,
+        ).stdout.split()  # fmt: skip
+        per_token, tokens_per_step = float(counted[0]), int(counted[1])
         runs = []
         for i in range(args.runs):
             loaded = args.loaded and i % 2 == 1
-            runs.append(one_run(project, env, Path(tmp) / f"run{i}.json", loaded))
+            r = one_run(project, env, Path(tmp) / f"run{i}.json", loaded)
+            runs.append(with_flops(r, per_token, tokens_per_step))
             r = runs[-1]
             print(
                 f"run {i + 1}{' (loaded)' if loaded else ''}: val_bpb {r['val_bpb']!r}  "
                 f"test_bpb {r['test_bpb']:.6f}  steps {r['num_steps']:.0f}  "
+                f"training {r['training_s']:.1f}s at {r['model_flops_per_s'] / 1e9:.1f} GFLOP/s "
+                f"({100 * r['mfu']:.0f}% of a {r['matmul_peak_flops'] / 1e9:.0f} GFLOP/s matmul)  "
                 f"metric {r['metric_test_s']:.1f}s  session {r['session_wall_s']:.1f}s wall, "
                 f"{r['session_cpu_s']:.1f}s CPU"
             )
@@ -117,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         "val_bpb_median": statistics.median(vals),
         "val_bpb_stdev": statistics.stdev(vals) if len(vals) > 1 else 0.0,
         "val_bpb_identical": len(set(vals)) == 1,
+        "flops_per_token": per_token,
+        "training_s_median": statistics.median(r["training_s"] for r in runs),
+        "model_flops_per_s_median": statistics.median(r["model_flops_per_s"] for r in runs),
+        "mfu_median": statistics.median(r["mfu"] for r in runs),
         "session_cpu_s_median": statistics.median(r["session_cpu_s"] for r in runs),
         "metric_test_s_max": max(r["metric_test_s"] for r in runs),
         "runs": runs,
