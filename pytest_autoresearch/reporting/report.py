@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pytest_autoresearch.reporting.halves import halves_lines, halves_markdown
 from pytest_autoresearch.reporting.learned import learned_lines, learned_markdown
 from pytest_autoresearch.reporting.plot import PLOT_NAME, plot_progress
 from pytest_autoresearch.reporting.text import (
@@ -135,7 +136,7 @@ def summary_lines(records: Sequence[dict[str, Any]], result: Any) -> list[str]:
     then what was learned (per parameter, or the LLM's ideas grouped)."""
     goal = getattr(result, "goal", "min")
     dec = decimals(getattr(result, "sigma", None), getattr(result, "baseline", None))
-    learned = learned_lines(records, goal, dec)
+    learned = halves_lines(records, dec) + learned_lines(records, goal, dec)
     workers = worker_lines(records, workers=getattr(result, "workers", None))
     return _summary(records, result) + [scrub(line) for line in workers + learned]
 
@@ -232,6 +233,7 @@ def write_report(
         out += [f"_No plot: {why_not}._", ""]
     out += _kept_table(records, dec)
     out += learned_markdown(records, goal, dec)
+    out += halves_markdown(records, dec)  # a hybrid run: what the LLM and Optuna each did
     out += workers_markdown(records, getattr(result, "workers", None))
     out += _notes_section(directory)
     out += _experiments_table(records, dec)
