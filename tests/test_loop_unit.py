@@ -194,7 +194,9 @@ def test_proposer_errors_are_recorded_and_fatal_ones_stop(tmp_path: Path) -> Non
 
 
 def test_the_cost_cap_stops_before_the_next_proposal(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, [Step("X to 20", model(20.0), usd=0.6)], 10, max_cost=1.0)
+    # Each a different change: the loop never measures one change twice (research/dedupe.py).
+    steps = [Step(f"X to {x}", model(x), usd=0.6) for x in (20.0, 21.0, 22.0)]
+    rig = Rig(tmp_path, steps, 10, max_cost=1.0)
     result = rig.run()
     assert result.done == 2 and "cost cap reached: $1.20 of $1.00" in result.stop_reason
 
@@ -203,8 +205,8 @@ def test_the_time_budget_stops_before_an_experiment_that_would_not_finish(
     tmp_path: Path,
 ) -> None:
     # The baseline takes 3 x 10 s; each experiment 10 s; 55 s allow two experiments.
-    rig = Rig(tmp_path, [Step("X to 20", model(20.0))], 10, evaluator={"duration": 10.0},
-              time_budget=55.0)  # fmt: skip
+    steps = [Step(f"X to {20 + i}", model(20.0 + i)) for i in range(10)]  # all different
+    rig = Rig(tmp_path, steps, 10, evaluator={"duration": 10.0}, time_budget=55.0)
     result = rig.run()
     assert result.done == 2 and result.stop_reason.startswith("time budget: 55s")
 

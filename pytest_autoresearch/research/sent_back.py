@@ -2,7 +2,7 @@
 
 A part of ``ResearchLoop`` (research/loop.py) kept in its own file. After the scope
 check and before anything is measured, the candidate's change is compared with every
-change already measured or in flight on the same best commit (``dedupe``: the normalised
+change already measured (kept or discarded) or in flight on the same best commit (``dedupe``: the normalised
 diff, exact or near). A repeat is not measured: the checkout is restored, a ``duplicate``
 line is journaled, the proposer is told (``observe`` with status ``duplicate`` and the
 earlier value, so Optuna learns it) and asked again for the same experiment, with the
@@ -21,6 +21,7 @@ from pytest_autoresearch.research.dedupe import Seen
 from pytest_autoresearch.research.records import now
 
 MAX_SENT_BACK = 3  # repeats sent back for one experiment before it is an error
+MEASURED = ("keep", "discard")  # the statuses of changes never measured again
 
 
 class SendBack:
@@ -39,7 +40,10 @@ class SendBack:
 
     def _learn(self: Any, rec: dict) -> None:
         super()._learn(rec)
-        self.seen.add(rec.get("parent") or "", rec.get("diff") or "", rec)
+        # Measured changes only: a crash, a timeout or a lost worker may be the machine's
+        # fault, and a rejected or failed proposal had no value; those may be tried again.
+        if rec.get("status") in MEASURED:
+            self.seen.add(rec.get("parent") or "", rec.get("diff") or "", rec)
 
     def _sent_back(self: Any, cand: Any) -> bool:
         """True when the candidate repeats another and was handled here (not measured)."""
