@@ -402,6 +402,9 @@ def record_artifact(request: pytest.FixtureRequest) -> Callable[[str, object], N
 
     node = request.node
     found = node.stash.setdefault(_ARTIFACTS_KEY, {})
+    manager = request.config.pluginmanager
+    if not manager.is_registered(MetricItemHooks):  # asked for with getfixturevalue
+        manager.register(MetricItemHooks, "autoresearch.items")
 
     def attach(name: str, text: object) -> None:
         __tracebackhide__ = True

@@ -81,6 +81,18 @@ def test_artifacts_reach_the_metrics_json_bounded_with_clear_errors(pytester):
     assert [m["name"] for m in data["metrics"]] == ["loss"]  # an artifact is no metric
 
 
+def test_an_artifact_asked_for_late_in_a_suite_without_metrics_is_kept(pytester):
+    pytester.makepyfile(
+        test_plain="""
+        def test_plain(request):
+            request.getfixturevalue("record_artifact")("log", "late but kept")
+        """
+    )
+    pytester.runpytest("-p", "no:randomly", "--metrics-json", "m.json").assert_outcomes(passed=1)
+    data = json.loads((pytester.path / "m.json").read_text())
+    assert [(a["name"], a["text"]) for a in data["artifacts"]] == [("log", "late but kept")]
+
+
 def test_the_loop_bounds_and_scrubs_what_the_worker_sent():
     key = "sk-ant-api03-" + "K" * 30
     data = {
