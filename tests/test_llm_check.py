@@ -16,12 +16,12 @@ import json
 import pytest
 
 try:
-    from llm_server import edit, message, result_text, text, tool_results
+    from llm_server import message, result_text, text, tool_results
     from test_llm_loop import RECORD, assert_key_nowhere, experiments, run_loop, server, set_x
     from test_llm_notebook import prompt_of
     from toyproject import git, make_toy
 except ImportError:  # tests/ became a package
-    from tests.llm_server import edit, message, result_text, text, tool_results
+    from tests.llm_server import message, result_text, text, tool_results
     from tests.test_llm_loop import (
         RECORD,
         assert_key_nowhere,
@@ -157,3 +157,35 @@ def test_check_reports_a_failing_guard_before_any_evaluation(pytester, server):
     assert "### #1 keep: train_log (from tests/test_metric.py::test_loss) -- its last" in state
     assert "step 3999 loss 0.000" in state and "step 3900 loss" not in state
     assert_key_nowhere(root, out)
+
+
+def test_with_worktree_workers_the_check_may_write_where_it_runs(tmp_path):
+    """Worktree workers' evaluations see the user's checkout read-only (they run in their
+    own); the check runs in that checkout, so it gets a launcher that lets a test write
+    where it runs, as an evaluation's test may, sharing the evaluations' cache guard."""
+    from pytest_autoresearch.program.options import ExecutorSettings
+    from pytest_autoresearch.program.program_md import load_program
+    from pytest_autoresearch.research.session import Plan, _check_launcher
+    from pytest_autoresearch.sandbox.evaluate import evaluate
+    from pytest_autoresearch.sandbox.isolation import NamespaceLauncher, for_research
+
+    root = make_toy(tmp_path / "toy", [])
+    (root / "program.md").write_text(PROGRAM)
+    (root / "tests" / "test_smoke.py").write_text(SMOKE_TEST)
+    record = root / ".autoresearch" / "t1"
+    program = load_program(root / "program.md", root)
+    two = ExecutorSettings(workers=2, ray=None, gpus_per_worker=1, workers_from="default")
+    plan = Plan(root, program, [], "t1", record, 1, None, "x", two, None)
+    theirs = for_research(root, record, checkout_readonly=True)
+    mine = _check_launcher(plan, theirs)
+    smoke = ["tests/test_smoke.py"]
+    if isinstance(theirs, NamespaceLauncher):  # where the system can make it read-only
+        ev = evaluate(root, [], smoke, 60, launcher=theirs, tmp_root=tmp_path / "tmp")
+        assert [t.outcome for t in ev.tests] == ["failed"], ev.log_tail
+        assert "Read-only file system" in (ev.tests[0].message or "")
+    ev = evaluate(root, [], smoke, 60, launcher=mine, tmp_root=tmp_path / "tmp")
+    assert [t.outcome for t in ev.tests] == ["passed"] and ev.returncode == 0, ev.log_tail
+    assert (root / "smoke_out.txt").exists()  # (the loop's check removes it afterwards)
+    one = ExecutorSettings(workers=1, ray=None, gpus_per_worker=1, workers_from="default")
+    single = Plan(root, program, [], "t1", record, 1, None, "x", one, None)
+    assert _check_launcher(single, theirs) is theirs

@@ -196,7 +196,8 @@ def _make_loop(
     from pytest_autoresearch.research.loop import LoopError, ResearchLoop, parse_fault
 
     settings = _loop_settings(config, plan)
-    settings.check = _in_place(plan, launcher, settings, metrics=False)  # the check tool
+    check = _in_place(plan, _check_launcher(plan, launcher), settings, metrics=False)
+    settings.check = check  # the model's check tool (research/checks.py)
     try:
         parse_fault(settings.fault)  # a typo is an error before any worker is started
         executor = config.hook.pytest_autoresearch_make_executor(
@@ -267,6 +268,33 @@ def _in_place(plan: Plan, launcher: Any, settings: Any, *, metrics: bool = True)
     if not metrics:
         return lambda args, timeout: evaluate_here([], args, timeout)
     return evaluate_here
+
+
+def _check_launcher(plan: Plan, launcher: Any) -> Any:
+    """The launcher of the check tool, which runs the tests in the user's checkout.
+
+    With worktree workers that checkout is read-only to evaluations (they run in their
+    own checkouts, which they may write): the check gets a launcher like theirs in all
+    but that, so a test that writes where it runs passes here as it would there (what it
+    wrote is removed after the check). It shares the evaluations' cache guard.
+    """
+    workers = plan.workers
+    if workers.ray is not None or (workers.workers or 1) <= 1:
+        return launcher  # the checkout is where evaluations run (or on Ray, not read-only)
+    from pytest_autoresearch.sandbox.caches import guard_of
+    from pytest_autoresearch.sandbox.isolation import for_research
+
+    own = for_research(
+        plan.root,
+        plan.record_dir,
+        sandbox=plan.program.sandbox,
+        network=plan.program.network,
+        caches=plan.program.cache,
+    )
+    guard = guard_of(launcher)
+    if guard is not None:
+        own.cache_guard = guard  # one guard: the caches are verified around every run
+    return own
 
 
 def _describe_executor(executor: Any, workers: Any) -> str:
