@@ -144,6 +144,9 @@ def test_check_reports_a_failing_guard_before_any_evaluation(pytester, server):
     assert [e["confirm"] for e in recs[0]["evaluations"]] == [False, True]  # no check among them
     report = (root / RECORD / "report.md").read_text()
     assert "checks before evaluation: 2 in 1 experiment(s), 1 passed, 1 failed" in report
+    best = report.split("## Training signals of the best (experiment 1)")[1]
+    assert "train_log from `tests/test_metric.py::test_loss`, its last 40 lines:" in best
+    assert "step 3999 loss" in best and "step 3959 loss" not in best
 
     # The training log: the tail of it, the cut counted, the key-shaped string scrubbed.
     (log,) = recs[0]["artifacts"]

@@ -236,6 +236,7 @@ def write_report(
     out += halves_markdown(records, dec)  # a hybrid run: what the LLM and Optuna each did
     out += workers_markdown(records, getattr(result, "workers", None))
     out += _notes_section(directory)
+    out += _artifacts_section(records)
     out += _experiments_table(records, dec)
     if program is not None and getattr(program, "path", None):
         out += [f"Program: `{program.path}`; editable: {', '.join(program.editable)}.", ""]
@@ -254,6 +255,29 @@ def _notes_section(directory: Path) -> list[str]:
         return []
     # Fenced: the model wrote it, so its Markdown may not break (or pose as) the report.
     return ["## The model's notes (NOTES.md)", "", "````markdown", notes, "````", ""]
+
+
+ARTIFACT_LINES = 40  # of each artifact of the best, in report.md
+
+
+def _artifacts_section(records: Sequence[dict[str, Any]]) -> list[str]:
+    """What the metric tests of the last kept experiment attached (record_artifact): the
+    end of its training log, say, as the research left it."""
+    kept = [r for r in records if r.get("status") == "keep" and r.get("artifacts")]
+    if not kept:
+        return []
+    rec = kept[-1]
+    out = [f"## Training signals of the best (experiment {rec.get('index')})", ""]
+    for artifact in rec["artifacts"]:
+        lines = str(artifact.get("text") or "").rstrip().splitlines()
+        shown = lines[-ARTIFACT_LINES:]
+        where = f" from `{md(artifact.get('test'))}`" if artifact.get("test") else ""
+        cut = len(lines) > len(shown) or bool(artifact.get("cut"))
+        tail = f", its last {len(shown)} lines" if cut else ""
+        # Fenced: the tests wrote it, so its Markdown may not break (or pose as) the report.
+        out += [f"{md(artifact.get('name'))}{where}{tail}:", "", "````text"]
+        out += [line.replace("````", "` ` ` `") for line in shown] + ["````", ""]
+    return out
 
 
 def _kept_table(records: Sequence[dict[str, Any]], dec: int) -> list[str]:
