@@ -263,7 +263,7 @@ class LLMProposer:
             return f"Error: no check is available in this run; use {TOOL_NAME}", True
         if ex.checks >= CHECKS_PER_EXCHANGE:
             return (
-                f"Error: no checks left ({CHECKS_PER_EXCHANGE} used in this experiment); "
+                f"Error: no checks left ({CHECKS_PER_EXCHANGE} used for this change); "
                 "finish with your Description line",
                 True,
             )
