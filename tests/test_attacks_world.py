@@ -87,7 +87,6 @@ def make_world_toy(pytester: pytest.Pytester, sandbox: bool) -> tuple[Path, list
 
 def run_world_loop(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, root: Path):
     monkeypatch.setenv("HOME", str(root.parent / f"{root.name}-outside" / "home"))
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
     try:
         return pytester.runpytest_subprocess(
             "--autoresearch", "-n", "2", "--autoresearch-tag", "t1",
@@ -236,7 +235,6 @@ def test_a_cache_declared_in_program_md_is_writable_through_the_loop(
     text = (root / "program.md").read_text().replace("runs: 2", f"runs: 2\ncache: [{str(cache)!r}]")
     (root / "program.md").write_text(text)
     git(root, "commit", "-qam", "a metric that fills a cache")
-    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
     result = pytester.runpytest_subprocess(
         "--autoresearch", "-n", "1", "--autoresearch-tag", "t1",
         "--autoresearch-proposer", "scripted", "-p", "no:randomly", timeout=240,

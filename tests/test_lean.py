@@ -16,6 +16,8 @@ import pytest
 from pytest_autoresearch.research.lean import AUTOLOAD_ENV, LeanStart, installed_plugins, lean_start
 from pytest_autoresearch.sandbox.evaluate import evaluate
 
+pytestmark = pytest.mark.all_plugins  # which installed plugins an evaluation loads
+
 pytest.importorskip("xdist")
 pytest.importorskip("anyio")
 

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 pytest.importorskip("xdist", reason="pytest-xdist is part of the dev extra")
+pytestmark = pytest.mark.all_plugins  # the inner runs use xdist
 
 
 SUITE = """

@@ -473,7 +473,7 @@ def test_ctrl_c_publishes_nothing(pytester: pytest.Pytester, gh: GitHubServer) -
     (root / "slow.flag").write_text("")
     cmd = [sys.executable, "-m", "pytest", "--autoresearch", "-n", "2", "--autoresearch-pr",
            "--autoresearch-tag", "t1", "--autoresearch-proposer", "scripted"]  # fmt: skip
-    env = {**os.environ, **gh.env(), "PYTEST_ADDOPTS": "-p no:hypothesispytest -p no:benchmark"}
+    env = {**os.environ, **gh.env()}  # only our plugin (the pytester fixture)
     proc = subprocess.Popen(
         cmd,
         cwd=root,

@@ -39,6 +39,7 @@ def test_long_spelling(pytester: pytest.Pytester) -> None:
     assert config.getoption("autoresearch_experiments") == 5
 
 
+@pytest.mark.all_plugins  # xdist in the inner runs
 def test_plain_n_still_distributes_with_xdist(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     pytester.makepyfile("def test_a(): pass\ndef test_b(): pass\n")
@@ -149,6 +150,7 @@ def test_xdist_settings_in_addopts_neither_fail_nor_count_experiments(
     assert experiments_of(pytester, "--autoresearch") == (20, None)
 
 
+@pytest.mark.all_plugins  # xdist in the inner runs
 def test_pytest_addopts_n_does_not_change_the_number_of_experiments(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +160,7 @@ def test_pytest_addopts_n_does_not_change_the_number_of_experiments(
     assert experiments_of(pytester, "--autoresearch") == (20, None)
 
 
+@pytest.mark.all_plugins  # xdist in the inner runs
 def test_addopts_n_still_distributes_an_ordinary_run(pytester: pytest.Pytester) -> None:
     pytest.importorskip("xdist")
     pytester.makeini("[pytest]\naddopts = -n 2\n")
