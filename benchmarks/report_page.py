@@ -3,6 +3,7 @@ per-experiment overhead it adds to a run.
 
     python benchmarks/report_page.py                  # synthetic record, 200 experiments
     python benchmarks/report_page.py --loop -n 8      # also a real toy loop, page on vs off
+    python benchmarks/report_page.py --paint          # also Chromium's first paint (Playwright)
 
 Synthetic: a record shaped like the loop's (tests/page_records.py: diffs, params, two
 workers, a holdout) grows one experiment at a time; after each, the page is rewritten the
@@ -10,7 +11,9 @@ way the plugin does it after every experiment (an incremental read of the journa
 atomic write). Cold: the whole record read and the page written by a fresh process-like
 reader (what --autoresearch-report does). --loop: ``pytest --autoresearch -n N`` on the toy
 project of tests/toyproject.py, alternately with the page and with ``-p no:autoresearch.page``,
-wall time per experiment.
+wall time per experiment. --paint: the system Chromium opens the 200-experiment page five
+times; milliseconds from navigation to the first frame after the load (parsed, laid out,
+painted). A timed test would fail on a loaded machine; the figure lives here.
 """
 
 from __future__ import annotations
@@ -126,6 +129,31 @@ def loop(n: int, rounds: int) -> dict[str, list[float]]:
     return out
 
 
+FIRST_FRAME = "new Promise(r => requestAnimationFrame(() => r(performance.now())))"
+
+
+def paint(directory: Path, n: int, repeats: int = 5) -> list[float]:
+    """Milliseconds from navigation to the first frame after the load, ``repeats`` times."""
+    from playwright.sync_api import sync_playwright
+
+    path = html.write_page(
+        synthetic_record(directory / "paint", n, total=n + 50, ended=False),
+        read_run(directory / "paint", holdout="test_bpb"),
+    )
+    chromium = next((c for c in ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+                     if Path(c).exists()), None)  # fmt: skip
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium)
+        page = browser.new_page()
+        page.goto(path.as_uri())  # the browser's own start-up, not counted
+        frames = []
+        for _ in range(repeats):
+            page.goto(path.as_uri(), wait_until="load")
+            frames.append(page.evaluate(FIRST_FRAME))
+        browser.close()
+    return frames
+
+
 def _seconds(iso: str) -> float:
     import datetime
 
@@ -138,6 +166,7 @@ def main() -> None:
     parser.add_argument("--loop", action="store_true", help="also a real toy loop, page on/off")
     parser.add_argument("--loop-n", type=int, default=8, help="experiments per toy run")
     parser.add_argument("--rounds", type=int, default=2, help="toy runs of each kind")
+    parser.add_argument("--paint", action="store_true", help="also Chromium's first paint")
     args = parser.parse_args()
     print(f"machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,6 +184,13 @@ def main() -> None:
             f"{tail[int(0.95 * (len(tail) - 1))] * 1000:.0f} ms, max {max(each) * 1000:.0f} ms, "
             f"last {each[-1] * 1000:.0f} ms; total {sum(each):.1f} s"
         )
+        if args.paint:
+            frames = paint(Path(tmp), args.n)
+            shown = ", ".join(f"{f:.0f}" for f in frames)
+            print(
+                f"Chromium, navigation to first frame after load, {args.n} experiments: "
+                f"min {min(frames):.0f} ms, median {statistics.median(frames):.0f} ms ({shown})"
+            )
     if args.loop:
         found = loop(args.loop_n, args.rounds)
         for kind in ("page", "no page"):
