@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
 import platform
 import random
 import re
@@ -277,7 +278,7 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {platform.processor() or '?'}, "
+    print(f"machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}")  # fmt: skip
     for budget in args.budgets:
         means = {}

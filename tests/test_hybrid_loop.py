@@ -164,3 +164,5 @@ def test_the_hybrid_keeps_the_idea_once_optuna_tuned_its_knob(pytester, server, 
     assert "optuna made 1, 1 kept" in out and "1 tuned an LLM idea into a keep (#1 -> #3" in out
     report = (root / RECORD / "report.md").read_text()
     assert "## What each half of the hybrid contributed" in report
+    assert "- made by llm: #1, #2\n- made by optuna: #3" in report
+    assert "- #1 scale X by a new knob: -10.0000 as proposed, kept as #3 (+3.6750)" in report

@@ -76,6 +76,10 @@ def halves_markdown(records: Sequence[dict[str, Any]], dec: int = 4) -> list[str
     for half in HALVES:
         n, k, g = s[half]
         out.append(f"| {half} | {n} | {k} | {g:+.{dec}f} |")
+    out.append("")
+    for half in HALVES:  # which half made each experiment (the journal's made_by)
+        mine = [f"#{r.get('index')}" for r in records if r.get("made_by") == half]
+        out.append(f"- made by {half}: {', '.join(mine) or 'none'}")
     tuned = _tuned_ideas(records)
     if tuned:
         out += ["", "LLM ideas kept only once Optuna tuned their numbers:", ""]
