@@ -42,8 +42,7 @@ class WorkingTreeProposer:
             raise ProposerError(f"no change to try: {self.carry_file} is missing")
         if ctx.sent_back:  # the loop measured this very change on this best already
             raise ProposerError(
-                f"not measured again: {ctx.sent_back[-1]}; the change is saved in "
-                f"{self.carry_file}"
+                f"not measured again: {ctx.sent_back[-1]}; the change is saved in {self.carry_file}"
             )
         data["index"] = ctx.experiment  # written before the tree changes: resume knows it
         carry.write(self.carry_file, data)
