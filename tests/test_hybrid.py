@@ -178,3 +178,31 @@ def test_the_hybrid_re_applies_an_untuned_idea_on_the_best_and_tunes_its_new_kno
     text = (tmp_path / "m.py").read_text()
     assert "return X * SCALE" in text and "SCALE = 0.6325" in text
     assert p3.description.startswith("#1 on the best, tuned: SCALE 2.0 -> 0.6325")
+
+
+class Config:
+    """Just enough of pytest.Config for choosing the LLM half."""
+
+    def __init__(self, base_url=None):
+        self.base_url = base_url
+
+    def getoption(self, name, default=None):
+        return self.base_url if name == "autoresearch_base_url" else default
+
+
+def test_the_llm_half_comes_from_the_environment_or_the_name_and_without_one_says_what_to_set(
+    monkeypatch,
+):
+    from pytest_autoresearch.proposers.base import ProposerFatal
+    from pytest_autoresearch.proposers.hybrid import build, llm_name
+
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ProposerFatal, match="the hybrid proposer needs an LLM: set ANTHROPIC"):
+        llm_name(Config())
+    assert llm_name(Config(), "hybrid:my-llm") == "my-llm"
+    assert llm_name(Config(base_url="http://127.0.0.1:8080/v1")) == "openai"
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-x")
+    assert llm_name(Config()) == "anthropic"
+    with pytest.raises(ProposerFatal, match="must be an LLM proposer"):
+        build(Config(), "hybrid:optuna")
