@@ -84,9 +84,12 @@ def make_proposer(config: pytest.Config, root: Path, program: Any, echo: Any) ->
     except ProposerFatal as exc:
         raise pytest.UsageError(f"proposer {name!r}: {exc}") from None
     except ImportError as exc:
+        extra = name
+        if name.startswith("hybrid"):  # the LLM half's SDK (both extras bring Optuna)
+            extra = "openai" if "openai" in str(exc.name or exc) else "anthropic"
         raise pytest.UsageError(
             f"proposer {name!r} needs a package that is not installed ({exc.name or exc}); "
-            f"install it with: pip install 'pytest-autoresearch[{name}]'"
+            f"install it with: pip install 'pytest-autoresearch[{extra}]'"
         ) from None
     if proposer is None:
         raise pytest.UsageError(
