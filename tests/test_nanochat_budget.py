@@ -50,8 +50,36 @@ def test_the_batch_server_counts_exactly_what_was_taken(harness, taken):
     served = server.finish()
     assert proc.returncode == 0
     assert served["windows"] == taken and served["tokens"] == taken * data.profile.seq_len
-    if taken > 1000:  # past the pipe's capacity: the writer had to wait for the reader
+    if taken >= 100:  # pages freed: the writer, waiting on a full pipe, saw the reads
         assert served["first_take"] is not None and served["first_take"] <= served["last_take"]
+
+
+SLOW_READER = """
+import os, time
+for _ in range(20):
+    n = 4160
+    while n:
+        n -= len(os.read(0, n))
+    time.sleep(0.1)
+time.sleep(1.0)
+"""
+
+
+def test_the_batch_server_sees_when_batches_are_taken(harness):
+    """The first and last take are the first and last read, not the exit: 20 reads 0.1 s
+    apart, then a second of something else."""
+    import time
+
+    prepare, data = harness
+    server = prepare.BatchServer(data)
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-c", SLOW_READER], stdin=server.read_fd, timeout=60)
+    end = time.monotonic()
+    served = server.finish()
+    span = served["last_take"] - served["first_take"]
+    assert 1.8 <= span < 1.8 + 1.5, span  # 19 gaps of 0.1 s, and the reader's slow start
+    assert end - served["last_take"] >= 0.9, end - served["last_take"]
+    assert served["first_take"] - start < 1.5 + 10  # interpreter start-up, on loaded cores
 
 
 def test_served_windows_are_the_local_ones(harness):

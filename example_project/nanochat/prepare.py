@@ -562,9 +562,9 @@ class BatchServer:
     trainer's stdin) from a thread, and counts what the trainer took and when.
 
     The count is exact: what was written, less what is still unread in the pipe when the
-    trainer has exited. The pipe is full from the start, so every write after the first
-    `capacity` bytes waits for the trainer to make room: the first and last of those writes
-    are when it started and stopped taking data (to within one read)."""
+    trainer has exited. The pipe is full from the start, so every later write had to wait
+    for the trainer to make room (a page): the first and last of those writes are when it
+    started and stopped taking data, to within one page of reads."""
 
     def __init__(self, data: Data, seed: int = STREAM_SEED):
         import threading
@@ -587,6 +587,7 @@ class BatchServer:
         # Non-blocking, so that `written` is never behind what is in the pipe (a blocking
         # write of a large block would return only once all of it is in).
         os.set_blocking(self._write_fd, False)
+        waited = False
         try:
             while not self._stop:
                 block = memoryview(next(self._windows).astype("<u2").tobytes())
@@ -594,14 +595,16 @@ class BatchServer:
                     try:
                         n = os.write(self._write_fd, block)
                     except BlockingIOError:
+                        waited = True
                         select.select([], [self._write_fd], [], 0.1)
                         continue
                     block = block[n:]
                     self.written += n
-                    if self.written > self.capacity:  # the reader made room: it took data
+                    if waited:  # the pipe was full: the reader just made room, it took data
                         now = time.monotonic()
                         self.first_take = self.first_take or now
                         self.last_take = now
+                        waited = False
         except (OSError, ValueError):
             return  # the reader is gone (EPIPE) or finish() closed the pipe
 
