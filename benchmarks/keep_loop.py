@@ -51,7 +51,10 @@ STEP = {step!r}
 
 
 class Stepper:
-    """Odd experiments: X one STEP toward 3 (a real gain). Even: X mirrored around 3."""
+    """Odd experiments: X one STEP toward 3 (a real gain). Even: X mirrored around 3.
+
+    Each proposal carries its experiment number (``TRY``), so a gain proposed again after a
+    discard is a new experiment, not a repeat sent back unmeasured."""
 
     name = "stepper"
 
@@ -66,7 +69,10 @@ class Stepper:
         else:
             new = 6.0 - x
             what = f"null: X {{x:g}} -> {{new:g}} (mirror, same loss)"
-        self.path.write_text(f"X = {{new!r}}\\n")
+        # TRY numbers the proposal: the loop never measures one change twice on the same
+        # best (research/dedupe.py), and this script re-proposes a discarded gain; the line
+        # makes each proposal an experiment of its own without changing the loss.
+        self.path.write_text(f"X = {{new!r}}\\nTRY = {{ctx.experiment}}\\n")
         return Proposal(what, params={{"X": new}})
 
     def repair(self, ctx, failure):
@@ -160,10 +166,12 @@ def make_project(root: Path, *, x: float, baseline_runs: int, seed: int | None =
 
 
 def run_session(root: Path, n: int, *, timeout: float) -> subprocess.CompletedProcess:
-    # Heavy unrelated plugins off in the loop and its evaluations: seconds per evaluation.
-    env = {**os.environ, "PYTEST_ADDOPTS": "-p no:hypothesispytest -p no:benchmark"}
+    # Only our plugin in the loop and its evaluations (they inherit the variable): the
+    # others' imports cost about a second per evaluation on a 2-core machine.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "AUTORESEARCH"))}
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     cmd = [
-        sys.executable, "-m", "pytest", "-p", "no:randomly", "--autoresearch", "-n", str(n),
+        sys.executable, "-m", "pytest", "-p", "autoresearch", "--autoresearch", "-n", str(n),
         "--autoresearch-tag", "keep", "--autoresearch-proposer", "stepper",
     ]  # fmt: skip
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
