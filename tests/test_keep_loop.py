@@ -25,8 +25,8 @@ def run_loop(root: Path, n: int) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "AUTORESEARCH"))}
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only our plugin, here and in evaluations
     cmd = [
-        sys.executable, "-m", "pytest", "-p", "autoresearch", "--autoresearch", "-n", str(n), "--autoresearch-tag",
-        TAG, "--autoresearch-proposer", "scripted", "-p", "no:randomly", "-p", "no:cacheprovider",
+        sys.executable, "-m", "pytest", "-p", "autoresearch", "--autoresearch", "-n", str(n),
+        "--autoresearch-tag", TAG, "--autoresearch-proposer", "scripted", "-p", "no:cacheprovider",
     ]  # fmt: skip
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
