@@ -2,14 +2,14 @@
 
 A part of ``ResearchLoop`` (research/loop.py) kept in its own file. After the scope
 check and before anything is measured, the candidate's change is compared with every
-change already measured (kept or discarded) or in flight on the same best commit (``dedupe``: the normalised
-diff, exact or near). A repeat is not measured: the checkout is restored, a ``duplicate``
-line is journaled, the proposer is told (``observe`` with status ``duplicate`` and the
-earlier value, so Optuna learns it) and asked again for the same experiment, with the
-earlier result in ``ctx.sent_back``. It costs no evaluation and no experiment of ``-n``;
-its tokens are billed with the experiment. After ``MAX_SENT_BACK`` repeats in a row the
-experiment is recorded as an ``error``, so a proposer that only repeats itself cannot
-spin the loop.
+change already measured (kept or discarded) or in flight on the same best commit
+(``dedupe``: the normalised diff, exact or near). A repeat is not measured: the checkout
+is restored, a ``duplicate`` line is journaled, the proposer is told (``observe`` with
+status ``duplicate`` and the earlier value, so Optuna learns it) and asked again for the
+same experiment, with the earlier result in ``ctx.sent_back``. It costs no evaluation
+and no experiment of ``-n``; its tokens are billed with the experiment. After
+``MAX_SENT_BACK`` repeats in a row the experiment is recorded as an ``error``, so a
+proposer that only repeats itself cannot spin the loop.
 """
 
 from __future__ import annotations
