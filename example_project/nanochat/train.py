@@ -35,7 +35,7 @@ from nanochat import prepare
 
 # -----------------------------------------------------------------------------
 # Hyperparameters: edit these directly. The harness's profile multiplies DEPTH and
-# DEVICE_BATCH_SIZE (by 0.25 on the CPU profile) and fixes seq_len, vocab and budget.
+# DEVICE_BATCH_SIZE (by 0.125 and 0.5 on the CPU profile) and fixes seq_len, vocab, budget.
 
 DEPTH = 8  # transformer blocks  # search: 4..16
 ASPECT_RATIO = 64  # model width = depth * ASPECT_RATIO, rounded up to HEAD_DIM
