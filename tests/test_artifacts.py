@@ -4,6 +4,7 @@ notebook budget and the check keys in program.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -139,6 +140,25 @@ def test_the_notebook_shows_the_newest_artifacts_and_names_what_does_not_fit(tmp
     small = prompt.state_message(make_ctx(root, history=history, experiment=5), 2400)
     assert "### #4 discard: train_log" in small and "### #2 discard" not in small
     assert "#2 train_log not shown to save space; the record holds them" in small
+
+
+def test_the_baselines_artifacts_stand_in_until_experiments_have_their_own(tmp_path):
+    root = make_project(tmp_path / "proj")
+    base = ({"name": "train_log", "test": "t.py::a", "text": "step 9 loss 4.2", "cut": 0},)
+    first = dataclasses.replace(make_ctx(root, history=[], experiment=1), baseline_artifacts=base)
+    state = prompt.state_message(first)
+    assert "### baseline (the code as it was): train_log (from t.py::a)" in state
+    assert "step 9 loss 4.2" in state
+    # Three experiments with training signals of their own: the baseline's make way.
+    history = [
+        exp(i, "discard", [{"name": "train_log", "test": "t.py::a", "text": f"run {i}"}])
+        for i in (1, 2, 3)
+    ]
+    later = dataclasses.replace(
+        make_ctx(root, history=history, experiment=4), baseline_artifacts=base
+    )
+    state = prompt.state_message(later)
+    assert "### #1 discard: train_log" in state and "step 9 loss 4.2" not in state
 
 
 def _ev(status="ok", returncode=0, tests=(), tail="", reason=""):

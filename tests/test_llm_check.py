@@ -19,7 +19,7 @@ try:
     from llm_server import message, result_text, text, tool_results
     from test_llm_loop import RECORD, assert_key_nowhere, experiments, run_loop, server, set_x
     from test_llm_notebook import prompt_of
-    from toyproject import git, make_toy
+    from toyproject import git, make_toy, read_jsonl
 except ImportError:  # tests/ became a package
     from tests.llm_server import message, result_text, text, tool_results
     from tests.test_llm_loop import (
@@ -31,7 +31,7 @@ except ImportError:  # tests/ became a package
         set_x,
     )
     from tests.test_llm_notebook import prompt_of
-    from tests.toyproject import git, make_toy
+    from tests.toyproject import git, make_toy, read_jsonl
 
 pytestmark = pytest.mark.slow
 __all__ = ["server"]  # the fixture, shared with test_llm_loop
@@ -154,8 +154,20 @@ def test_check_reports_a_failing_guard_before_any_evaluation(pytester, server):
     assert len(log["text"]) <= 8000 and log["cut"] > 60_000
     assert "step 3999 loss 0.000" in log["text"] and "step    0 loss" not in log["text"]
     assert "sk-ant-api03-QQQQ" not in json.dumps(recs) and "[REDACTED]" in log["text"]
-    # Experiment 2's prompt shows its last lines under the training signals.
+    # Experiment 1's prompt shows the baseline's log (journaled with the baseline, resumable);
+    # experiment 2's shows experiment 1's as well, newest last.
+    (base,) = [
+        e for e in read_jsonl(root / RECORD / "experiments.jsonl") if e["event"] == "baseline"
+    ]
+    assert [a["name"] for a in base["artifacts"]] == ["train_log"]
+    (state,) = prompt_of(server, 1)
+    assert (
+        "### baseline (the code as it was): train_log (from tests/test_metric.py::test_loss)"
+        in state
+    )
+    assert "step 3999 loss 7.0003" in state and "[REDACTED]" in state and "QQQQ" not in state
     (state,) = prompt_of(server, 2)
+    assert state.index("### baseline (the code") < state.index("### #1 keep: train_log")
     assert "## Training signals of recent experiments (their tests' artifacts)" in state
     assert "### #1 keep: train_log (from tests/test_metric.py::test_loss) -- its last" in state
     assert "step 3999 loss 0.000" in state and "step 3900 loss" not in state

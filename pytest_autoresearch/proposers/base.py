@@ -140,6 +140,9 @@ class ProposalContext:
     # Proposals for this experiment sent back unmeasured: each repeated an earlier or
     # in-flight experiment (research/dedupe.py); one line each, with the earlier result.
     sent_back: list[str] = field(default_factory=list)
+    # What the baseline's tests attached with record_artifact (its last run), shown while
+    # fewer than a few experiments have training signals of their own.
+    baseline_artifacts: tuple[dict[str, Any], ...] = ()
     # Runs the guards (and program.md's smoke: tests) on the checkout as it stands now, in
     # the evaluation's sandbox; None when the loop offers no check (no guards or smoke).
     check: Callable[[], CheckResult] | None = None

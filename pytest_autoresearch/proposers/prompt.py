@@ -232,7 +232,9 @@ def state_message(ctx: ProposalContext, history_tokens: int = HISTORY_TOKENS) ->
     diffs = _diff_section(ctx, int(history_tokens * DIFF_SHARE))
     if diffs:
         lines += ["", "## Diffs of kept changes and recent near-misses", diffs]
-    artifacts = _artifact_section(ctx.history, int(history_tokens * ARTIFACT_SHARE))
+    artifacts = _artifact_section(
+        ctx.history, int(history_tokens * ARTIFACT_SHARE), ctx.baseline_artifacts
+    )
     if artifacts:
         lines += ["", "## Training signals of recent experiments (their tests' artifacts)"]
         lines.append(artifacts)
@@ -323,19 +325,30 @@ def _failure_section(history: Sequence[PastExperiment], budget_tokens: int) -> s
     return "\n".join(out)
 
 
-def _artifact_section(history: Sequence[PastExperiment], budget_tokens: int) -> str:
+def _artifact_section(
+    history: Sequence[PastExperiment],
+    budget_tokens: int,
+    baseline: Sequence[dict[str, Any]] = (),
+) -> str:
     """The texts the tests of the newest experiments attached (a training log), the last
-    lines of each, newest first within the budget; what does not fit is named."""
-    recent = [e for e in history if e.artifacts][-ARTIFACT_EXPERIMENTS:]
+    lines of each, newest first within the budget; what does not fit is named. The
+    baseline's (index 0) stand in while fewer experiments than that have their own."""
+    recent: list[tuple[Any, Sequence[dict[str, Any]]]] = [
+        (e, e.artifacts) for e in history if e.artifacts
+    ][-ARTIFACT_EXPERIMENTS:]
+    if baseline and len(recent) < ARTIFACT_EXPERIMENTS:
+        recent.insert(0, (None, baseline))
     blocks: list[tuple[int, str]] = []
     left, skipped = budget_tokens, []
-    for e in reversed(recent):
-        for a in e.artifacts:
+    for e, artifacts in reversed(recent):
+        index = e.index if e is not None else 0
+        for a in artifacts:
             block = _artifact_block(e, a)
             if estimate_tokens(block) > left:
-                skipped.append(f"#{e.index} {_one_line(str(a.get('name')), 40)}")
+                where = f"#{index}" if e is not None else "the baseline's"
+                skipped.append(f"{where} {_one_line(str(a.get('name')), 40)}")
                 continue
-            blocks.append((e.index, block))
+            blocks.append((index, block))
             left -= estimate_tokens(block)
     out = [b for _, b in sorted(blocks, key=lambda pair: pair[0])]
     if skipped:
@@ -343,12 +356,14 @@ def _artifact_section(history: Sequence[PastExperiment], budget_tokens: int) -> 
     return "\n".join(out)
 
 
-def _artifact_block(e: PastExperiment, artifact: dict[str, Any]) -> str:
+def _artifact_block(e: PastExperiment | None, artifact: dict[str, Any]) -> str:
+    """One artifact's last lines under a heading; ``e`` None: the baseline's."""
     lines = str(artifact.get("text") or "").rstrip().splitlines()
     shown = [ln if len(ln) <= LINE_CHARS else ln[:LINE_CHARS] + "..." for ln in lines]
     shown = shown[-ARTIFACT_LINES:]
     more = len(lines) - len(shown)
-    head = f"### #{e.index} {e.status}: {_one_line(str(artifact.get('name')), 40)}"
+    what = f"#{e.index} {e.status}" if e is not None else "baseline (the code as it was)"
+    head = f"### {what}: {_one_line(str(artifact.get('name')), 40)}"
     test = _one_line(str(artifact.get("test") or ""), 120)
     if test:
         head += f" (from {test})"

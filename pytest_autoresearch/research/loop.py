@@ -342,6 +342,7 @@ class ResearchLoop(SendBack, Candidates, RunState):
                 sum(st.durations) / len(st.durations) if st.durations else None
             ),
             sent_back=self.sent_back_lines(index),  # repeats sent back (research/sent_back.py)
+            baseline_artifacts=st.baseline_artifacts,
         )
 
     def _start(self, index: int) -> None:

@@ -159,6 +159,7 @@ class RunState:
         if value is None or not math.isfinite(value):
             raise LoopError(f"the baseline's {self.objective} is {value}; fix the metric first")
         values.append(value)
+        self.st.baseline_artifacts = tuple(getattr(ev, "artifacts", None) or ())
         for name, m in ev.metrics.items():
             if m.value is not None:
                 per_metric.setdefault(name, []).append(m.value)
@@ -187,6 +188,7 @@ class RunState:
             sigma=noise.sigma,
             value=st.baseline,
             metrics=st.baseline_metrics,
+            artifacts=list(st.baseline_artifacts),
             timeout=self.timeout,
             at=now(),
         )

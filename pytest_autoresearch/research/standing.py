@@ -28,6 +28,9 @@ class Standing:
     anchor: float = math.nan
     best_metrics: dict[str, float] = field(default_factory=dict)
     baseline_metrics: dict[str, float] = field(default_factory=dict)
+    # What the baseline's tests attached (record_artifact: a training log), its last run's:
+    # experiment 1 is proposed knowing how the unchanged code trains.
+    baseline_artifacts: tuple[dict[str, Any], ...] = ()
     # Groups of repeated runs of one code version (the baseline, confirmed candidates):
     # the spread within a group is noise; differences between groups are not.
     noise_groups: list[list[float]] = field(default_factory=list)
@@ -65,6 +68,7 @@ class Standing:
         self.noise_groups = [list(base["samples"])]
         self.baseline_metrics = dict(base.get("metrics") or {})
         self.best_metrics = dict(self.baseline_metrics)
+        self.baseline_artifacts = tuple(base.get("artifacts") or ())
 
     def learn(self, rec: dict[str, Any]) -> None:
         """Take in one finished experiment (live or read back from the journal)."""
