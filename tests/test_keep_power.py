@@ -274,9 +274,10 @@ def test_real_two_sigma_gains_are_kept_through_the_real_loop(tmp_path) -> None:
     failed in about 6% of simulated sessions (2 of 5 gains kept: 5%), and CI met one. Seeds
     0-3 kept 3, 5, 5, 2 of 5 gains (15 of 20, the rule's power of about 80%) and 0 nulls,
     with 5, 7, 9, 5 runs for the five nulls (each proposal numbered, so that a re-proposed
-    gain is a new experiment, not a repeat sent back); the old rule kept 1 of 30 such gains, and benchmarks/keep_loop.py -n 60 (fresh entropy) kept
-    48 of 60 in two sessions. The bars stay loose so a change of the rule that still keeps
-    most gains passes whatever the stream.
+    gain is a new experiment, not a repeat sent back); the old rule kept 1 of 30 such gains,
+    and benchmarks/keep_loop.py -n 60 (fresh entropy) kept 48 of 60 in two sessions. The
+    bars stay loose so a change of the rule that still keeps most gains passes whatever the
+    stream.
     """
     kl = _keep_loop()
     root = kl.make_project(tmp_path, x=10.0, baseline_runs=BASELINE_RUNS, seed=0)
