@@ -166,3 +166,44 @@ def test_the_hybrid_keeps_the_idea_once_optuna_tuned_its_knob(pytester, server, 
     assert "## What each half of the hybrid contributed" in report
     assert "- made by llm: #1, #2\n- made by optuna: #3" in report
     assert "- #1 scale X by a new knob: -10.0000 as proposed, kept as #3 (+3.6750)" in report
+
+
+def set_x_anywhere(value: float) -> list:
+    """The model writes the whole file with X at ``value``: it applies on any best."""
+    body = START.replace("X = 10.0", f"X = {value}")
+    return [
+        message(edit("create", MODEL, file_text=body)),
+        message(text(f"Description: X to {value}")),
+    ]
+
+
+def test_with_two_workers_each_half_proposes_and_an_in_flight_repeat_is_not_measured(
+    pytester, server, monkeypatch
+):
+    """Two experiments in flight at once: the second proposal repeats the first while it
+    is measured (or just after), goes back unmeasured and the model tries another change;
+    which half proposes later experiments depends on when results come back, so what is
+    checked is what holds for any order."""
+    from pytest_autoresearch.research.dedupe import normalise
+
+    root = toy(pytester.path)
+    server.add(*idea(), *idea(), *set_x_anywhere(12.0), *set_x_anywhere(13.0))
+    server.add(*set_x_anywhere(14.0), *set_x_anywhere(15.0))  # spares: the bandit decides
+    result, out = run(pytester, monkeypatch, 4, "--autoresearch-workers", "2")
+    assert result.ret == 0, out
+    assert "workers: 2 worktree worker(s)" in out
+    evs = events(root)
+    recs = sorted((e for e in evs if e["event"] == "experiment"), key=lambda r: r["index"])
+    assert [r["index"] for r in recs] == [1, 2, 3, 4]
+    assert all(r["status"] in ("keep", "discard") for r in recs), out
+    assert {r["made_by"] for r in recs} <= {"llm", "optuna"} and recs[0]["made_by"] == "llm"
+    # The repeat of #1 was sent back for experiment 2 and measured nowhere.
+    (dup,) = [e for e in evs if e["event"] == "duplicate"]
+    assert (dup["index"], dup["of"], dup["kind"]) == (2, 1, "duplicate")
+    assert "[2] sent back, not measured: 'scale X by a new knob' is the same change as #1" in out
+    assert recs[1]["description"] == "X to 12.0"
+    # No change measured twice on one parent; every experiment one evaluation or more.
+    measured = [(r["parent"], normalise(r["diff"])) for r in recs]
+    assert len(set(measured)) == len(measured)
+    assert all(len(r["evaluations"]) >= 1 for r in recs)
+    assert "hybrid: llm made" in out and not server.unexpected
