@@ -48,11 +48,14 @@ if TYPE_CHECKING:
 STUDY_FILE = "optuna.log"
 STUDY_NAME = "autoresearch"
 _SPACES_ATTR = "spaces"  # study user attr: the default ranges, fixed when first seen
+START = "start"  # trial user attr: the start point (the best as it was), not a measured trial
 _MAX_ATTEMPTS = 20  # asks allowed to find a suggestion that changes at least one literal
 # Until TPE has this many measured trials it samples whole ranges at random, where nearly
 # every point is worse than a tuned default; meanwhile each proposal moves one number a
 # little (a sixteenth of its range, log-scaled where the range is), which finds the small
-# real gains next to the start point that a short run (the quick start) can keep.
+# real gains next to the start point that a short run (the quick start) can keep. Which
+# number and which way is a compass search (``compass``): on after a gain, back the other
+# way after a loss, numbers not yet tried next, and none whose move changed nothing.
 LOCAL_TRIALS = 10
 LOCAL_STEP = 1 / 16
 # A study of one change on top of the best (the hybrid tunes the numbers an LLM's change
@@ -106,7 +109,9 @@ class OptunaProposer:
             _add_start(study, distributions, current, known)
         spread = study_name != STUDY_NAME
         for _ in range(_MAX_ATTEMPTS):
-            trial, changes = self._ask(study, constants, distributions, current, movable, spread)
+            trial, changes = self._ask(
+                study, constants, distributions, current, movable, spread, known
+            )
             if not changes:
                 # Same literals as the start: its value is known, so say so and ask again.
                 _tell_known(study, trial, known)
@@ -245,20 +250,28 @@ class OptunaProposer:
         current: dict[str, int | float],
         movable: list[str] | None = None,
         spread: bool = False,
+        known: float | None = None,
     ) -> tuple[Any, dict[Constant, int | float]]:
         """One trial: TPE samples a few constants, the others stay at the current values."""
         trials = study.get_trials(deepcopy=False)
         number = len(trials)
         rng = random.Random(None if self.seed is None else f"{self.seed}:{number}")
         keys = sorted(movable if movable is not None else constants)
-        complete = sum(t.state.name == "COMPLETE" for t in trials)
+        # Measured trials: the start point is the best's value, not a trial of the search.
+        complete = sum(t.state.name == "COMPLETE" and not t.user_attrs.get(START) for t in trials)
         local = not spread and complete < LOCAL_TRIALS
         early = spread and number <= SPREAD_TRIALS  # trial 0 is the start point
         many = 1 if local else rng.randint(1, min(self.max_changes, len(keys)))
-        chosen = set(keys) if early else set(rng.sample(keys, many))
+        if local:
+            key, way, distance = compass(study, constants, distributions, current, keys, rng, known)
+            chosen = {key}
+        else:
+            chosen = set(keys) if early else set(rng.sample(keys, many))
         fixed = {key: value for key, value in current.items() if key not in chosen}
         if local:
-            fixed.update({k: local_move(rng, current[k], distributions[k]) for k in chosen})
+            fixed.update(
+                {k: local_move(rng, current[k], distributions[k], way, distance) for k in chosen}
+            )
         if early:
             fixed.update(
                 {
@@ -426,18 +439,153 @@ def _distribution(space: Space) -> Any:
     return FloatDistribution(space.low, space.high, log=space.log)
 
 
-def local_move(rng: random.Random, value: int | float, dist: Any) -> int | float:
-    """A value near ``value``: at most LOCAL_STEP of the range away, inside the bounds."""
+def compass(
+    study: Any,
+    constants: dict[str, Constant],
+    distributions: dict[str, Any],
+    current: dict[str, int | float],
+    keys: list[str],
+    rng: random.Random,
+    known: float | None = None,
+) -> tuple[str, int, float | None]:
+    """The local phase's next move: a number, a way (+1 up, -1 down) and how far.
+
+    A trial counts here when it differs from ``current`` (the best, as written) in exactly
+    one number: that number was tried that way from the best. ``known`` is the best's
+    measured value (else the study's first trial of ``current``). In order:
+
+    1. the move that made the best (the best's first trial is one number away from an
+       earlier, worse trial) goes on the same way, twice as far (at most four local steps;
+       the distance is returned, in the range's own scale, log where it is log);
+    2. after the latest finished move lost, the same number the other way;
+    3. a number never tried (chosen at random), else one not tried from here, either way;
+    4. the way not yet tried of a number tried one way;
+    5. any number, any way (everything next to the best has been tried).
+
+    1-4 skip a way that leaves the range (the number sits on its bound) and an inert
+    number: one whose move alone gave exactly the value it moved from, a deterministic
+    metric that the move did not change (a depth that rounds to the same model). Moves still running
+    count as tried, so parallel workers spread out. 3-5 leave the distance to ``local_move``.
+    """
+    minimize = study.direction.name == "MINIMIZE"
+
+    def worse(value: float | None, than: float | None) -> bool:
+        if value is None or than is None:
+            return value is None and than is not None
+        return value >= than if minimize else value <= than
+
+    def apart(params: dict[str, Any], base: dict[str, Any]) -> list[str]:
+        """The numbers whose written values differ between ``params`` and ``base``."""
+
+        def text(key: str, value: Any) -> str:
+            return format_value(value, constants[key].text)
+
+        both = [k for k in keys if k in params and k in base]
+        return [k for k in both if text(k, params[k]) != text(k, base[k])]
+
+    trials = [t for t in study.get_trials(deepcopy=False) if t.params]
+    here = [t for t in trials if t.state.name == "COMPLETE" and not apart(t.params, current)]
+    if known is None and here:
+        known = here[0].value
+    tried: dict[tuple[str, int], Any] = {}
+    inert: set[str] = set()
+    latest: tuple[str, int] | None = None
+    for t in trials:
+        one = apart(t.params, current)
+        if len(one) != 1 or t.state.name not in ("COMPLETE", "RUNNING"):
+            continue
+        key = one[0]
+        way = 1 if t.params[key] > current[key] else -1
+        tried[(key, way)] = t.value
+        if t.state.name == "COMPLETE":
+            latest = (key, way)
+            if known is not None and t.value == known:
+                inert.add(key)
+
+    # Across all trials (the best has moved since some): a number that two trials apart in
+    # it alone measured is tried; the same value both times makes it inert.
+    ever = {k for (k, _) in tried}
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    for i, t in enumerate(done):
+        for u in done[:i]:
+            one = apart(t.params, u.params)
+            if len(one) == 1:
+                ever.add(one[0])
+                if t.value == u.value:
+                    inert.add(one[0])
+
+    def fresh(key: str, way: int) -> bool:
+        dist, value = distributions[key], float(current[key])
+        inside = value < float(dist.high) if way > 0 else value > float(dist.low)
+        return inside and key not in inert and (key, way) not in tried
+
+    # 1. The best was reached by one move from a worse point: go on that way, further.
+    if here:
+        made = here[0]
+        for t in reversed(trials[: trials.index(made)]):
+            one = apart(t.params, made.params)
+            if t.state.name == "COMPLETE" and len(one) == 1 and worse(t.value, made.value):
+                key = one[0]
+                way = 1 if made.params[key] > t.params[key] else -1
+                if fresh(key, way):
+                    to, _ = _scale(distributions[key], made.params[key], t.params[key])
+                    gone = abs(to(float(made.params[key])) - to(float(t.params[key])))
+                    return key, way, min(2 * gone, 4 * _step(distributions[key], to))
+                break
+    # 2. The latest move lost: the other way.
+    if latest is not None and known is not None:
+        key, way = latest
+        if worse(tried[latest], known) and fresh(key, -way):
+            return key, -way, None
+    # 3. A number never tried, else one not tried from here.
+    untried = [k for k in keys if fresh(k, 1) and fresh(k, -1)]
+    never = [k for k in untried if k not in ever]
+    if untried:
+        return rng.choice(never or untried), rng.choice((-1, 1)), None
+    # 4. The other way of a number tried one way.
+    halves = [(k, w) for k in keys for w in (1, -1) if fresh(k, w)]
+    if halves:
+        key, way = rng.choice(halves)
+        return key, way, None
+    # 5. Anything.
+    return rng.choice(keys), rng.choice((-1, 1)), None
+
+
+def _scale(dist: Any, *values: float) -> tuple[Any, Any]:
+    """The range's own scale: (log, exp) for a log range of positive values, else identity."""
+    log = bool(dist.log) and float(dist.low) > 0 and all(float(v) > 0 for v in values)
+    return (math.log, math.exp) if log else (float, float)
+
+
+def _step(dist: Any, to: Any) -> float:
+    """One local step: LOCAL_STEP of the range, in the scale ``to``."""
+    return (to(float(dist.high)) - to(float(dist.low))) * LOCAL_STEP
+
+
+def local_move(
+    rng: random.Random,
+    value: int | float,
+    dist: Any,
+    way: int | None = None,
+    distance: float | None = None,
+) -> int | float:
+    """A value near ``value``, inside the bounds: a quarter to one LOCAL_STEP of the range
+    away (in log space for a log range), or exactly ``distance`` away when given.
+
+    ``way`` (+1 up, -1 down) picks the direction; at a bound it turns back; ``None``: random.
+    """
     lo, hi = float(dist.low), float(dist.high)
-    log = bool(dist.log) and lo > 0 and value > 0
-    to, back = (math.log, math.exp) if log else (float, float)
-    x, step = to(float(value)), (to(hi) - to(lo)) * LOCAL_STEP
-    moved = back(x + rng.choice((-1, 1)) * rng.uniform(0.25, 1.0) * step)
-    moved = min(hi, max(lo, moved))
+    to, back = _scale(dist, value)
+    x, step = to(float(value)), _step(dist, to)
+    sign = rng.choice((-1, 1)) if way is None else (1 if way > 0 else -1)
+    if (sign > 0 and float(value) >= hi) or (sign < 0 and float(value) <= lo):
+        sign = -sign  # at a bound: the only way there is
+    far = rng.uniform(0.25, 1.0) * step if distance is None else distance
+    moved = min(hi, max(lo, back(x + sign * far)))
     if isinstance(value, int) and not isinstance(value, bool):
         whole = round(moved)
         if whole == value:  # a narrow int range: one step, the way that stays in bounds
-            whole = value + 1 if value + 1 <= hi else value - 1
+            whole = value + sign if lo <= value + sign <= hi else value - sign
         return int(min(hi, max(lo, whole)))
     rounded = round_float(moved)
     return rounded if lo <= rounded <= hi else moved
@@ -556,7 +704,10 @@ def _add_start(
     if value is None or not math.isfinite(value):
         return
     trial = optuna.trial.create_trial(
-        params=dict(params), distributions=dict(distributions), value=float(value)
+        params=dict(params),
+        distributions=dict(distributions),
+        value=float(value),
+        user_attrs={START: True},
     )
     study.add_trial(trial)
 
