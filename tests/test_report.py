@@ -173,6 +173,23 @@ def test_a_short_tuned_run_shows_each_parameter_without_importances() -> None:
     assert not any(line.startswith("ideas") for line in lines)
 
 
+def test_the_hybrids_tuned_experiments_name_only_the_numbers_they_moved() -> None:
+    """Its descriptions carry a prefix and the idea in brackets; neither is a change."""
+    run = [
+        tuned(1, "keep", 0.97, 1.00, {"LR": 0.04, "POWER": 0.63, "DEPTH": 4},
+              "#3 on the best, tuned: POWER 2.0 -> 0.63 (polynomial warmdown, POWER 2.0)"),
+        tuned(2, "discard", 0.99, 0.97, {"LR": 0.04, "POWER": 0.4, "DEPTH": 4},
+              "#3 tuned on: POWER 0.63 -> 0.4"),
+    ]  # fmt: skip
+    lines = summary_lines(run, result(baseline=1.0, best=0.97, sigma=0.01))
+    start = next(i for i, x in enumerate(lines) if x.startswith("learned per parameter"))
+    rows = lines[start + 1 :]
+    assert " ".join(rows[0].split()) == "POWER 2 -> 0.63 moved 2x, 2 alone: -0.030 .. +0.020"
+    assert [r.split()[0] for r in rows[1:]] == ["LR", "DEPTH"], rows
+    unmoved = ["(unchanged)", "never", "moved", "with", "a", "value"]
+    assert all(r.split()[2:] == unmoved for r in rows[1:]), rows
+
+
 def toy_tuning_records(n: int) -> list[dict]:
     """A tuned run where the objective depends strongly on LR and not at all on WD."""
     import random

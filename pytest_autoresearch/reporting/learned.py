@@ -35,6 +35,10 @@ __all__ = [
 # Below this, an importance estimate is mostly noise: show the plain spread instead.
 MIN_TRIALS_FOR_IMPORTANCE = 20
 _CHANGE = re.compile(r"(?:^|,\s*)(?P<name>[^\s,]+) (?P<old>[^\s,]+) -> (?P<new>[^\s,]+)")
+# The hybrid proposer's tuned experiments: "#3 on the best, tuned: X 2.0 -> 0.63 (the idea)"
+# and "#3 tuned on: X 0.63 -> 0.4". The prefix and the idea in brackets are not changes.
+_HYBRID_PREFIX = re.compile(r"^#\d+ (?:on the best, tuned|tuned on): ")
+_IDEA_SUFFIX = re.compile(r" \(.*\)$")
 _FILLER = {"a", "an", "the", "to", "of", "and", "in", "on", "for", "with", "by", "from", "try"}
 _WORD = re.compile(r"[a-z0-9_.+\-]+")
 
@@ -77,6 +81,14 @@ class IdeaGroup:
     files: set[str] = field(default_factory=set)
 
 
+def _changes(rec: dict[str, Any]) -> str:
+    """The "NAME OLD -> NEW, ..." part of a record's description."""
+    text = str(rec.get("description", ""))
+    if _HYBRID_PREFIX.match(text):
+        text = _IDEA_SUFFIX.sub("", _HYBRID_PREFIX.sub("", text, count=1))
+    return text
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -100,7 +112,7 @@ def param_effects(records: Sequence[dict[str, Any]], goal: str) -> list[ParamEff
         params = rec["params"]
         # The optuna proposer describes its changes as "NAME OLD -> NEW, ...": OLD is the
         # best value at the time. Any other description: every parameter counts as moved.
-        told = {m["name"]: m["old"] for m in _CHANGE.finditer(str(rec.get("description", "")))}
+        told = {m["name"]: m["old"] for m in _CHANGE.finditer(_changes(rec))}
         moved = [n for n in params if n in told] if told else list(params)
         value, before = rec.get("objective"), rec.get("best_before")
         for name in moved:
