@@ -5,6 +5,7 @@ Few tests, one Ray instance for the module (starting one costs seconds).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import textwrap
@@ -140,16 +141,50 @@ def test_a_lost_worker_is_retried_once_then_the_trial_is_a_crash(
     assert result.ok and result.evaluations[0].metrics["loss"].value == 1.0
 
 
-def _evaluations_under(folder: Path) -> list[int]:
-    """Processes whose working directory is inside ``folder`` (the evaluations' pytest)."""
-    found = []
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a live process, or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        stat = _stat(pid)
+        if stat is None:
+            return False
+        pid = stat[0]
+        if pid == ancestor:
+            return True
+    return False
+
+
+def _evaluations_under(folder: Path) -> dict[int, tuple[int, int]]:
+    """This test's processes (Ray here is a child of the test process) whose working
+    directory is inside ``folder`` (the evaluations' pytest): {pid: (parent, start time)}.
+
+    The folder is shared by every Ray executor on this machine: under ``pytest -n 2`` the
+    other worker's Ray tests run their evaluations there too, which are not ours to judge.
+    """
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and folder in (proc / "cwd").resolve().parents:
-                found.append(int(proc.name))
+            if not (proc.name.isdigit() and folder in (proc / "cwd").resolve().parents):
+                continue
         except OSError:
             continue
+        pid = int(proc.name)
+        stat = _stat(pid)
+        if stat is not None and _descends_from(pid, os.getpid()):
+            found[pid] = stat
     return found
+
+
+def _still_alive(procs: dict[int, tuple[int, int]]) -> list[int]:
+    """Those of ``procs`` still running (the same process: its pid not reused)."""
+    return [pid for pid, (_, start) in procs.items() if (_stat(pid) or (0, -1))[1] == start]
 
 
 def test_shutdown_kills_running_evaluations(ray_local: None, repo: Path) -> None:
@@ -159,13 +194,21 @@ def test_shutdown_kills_running_evaluations(ray_local: None, repo: Path) -> None
     deadline = time.monotonic() + 60
     while not _evaluations_under(folder) and time.monotonic() < deadline:
         assert list(ex.as_completed(timeout=0.2)) == []
-    assert _evaluations_under(folder), "the evaluation never started"
+    running = _evaluations_under(folder)
+    assert running, "the evaluation never started"
     t0 = time.monotonic()
     ex.shutdown()
     assert time.monotonic() - t0 < 20
-    deadline = time.monotonic() + 20
-    while _evaluations_under(folder) and time.monotonic() < deadline:
+    # Once the actor is dead its evaluation gets SIGKILL at once (PR_SET_PDEATHSIG); ray.kill
+    # is asynchronous, so a loaded machine may take a while to kill the actor itself.
+    deadline = time.monotonic() + 30
+    while _still_alive(running) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _evaluations_under(folder) == []  # died with their actor (PR_SET_PDEATHSIG)
+    left = _still_alive(running)
+    actors = {parent for pid, (parent, _) in running.items() if pid in left}
+    why = f"their actor(s) {sorted(actors)} still alive: ray.kill has not taken effect"
+    if not _still_alive({a: _stat(a) or (0, -1) for a in actors}):
+        why = "their actor is dead: PR_SET_PDEATHSIG did not kill them (a leak)"
+    assert left == [], f"evaluations {left} alive 30 s after shutdown; {why}"
     with pytest.raises(RuntimeError, match="shut down"):
         ex.submit(trial(repo, "late", 1.0))
