@@ -58,3 +58,24 @@ def run_session(project: Path, env: dict[str, str], out: Path, *args: str, timeo
 
 def metric_values(report: dict) -> dict[str, float]:
     return {m["name"]: m["value"] for m in report["metrics"]}
+
+
+def honest_values(tmp_path_factory) -> dict[str, float]:
+    """The unchanged example's metric values at SMALL_BUDGET, from one session of guards and
+    metric as the research loop runs them (`tests -x`), on a machine left alone.
+
+    The CPU metric is deterministic, so one such run serves every test of the session (of
+    the xdist worker) that compares a run against the honest code: measured once.
+    """
+    base = tmp_path_factory.getbasetemp()
+    memo = base / "nanochat-honest.json"
+    if memo.exists():
+        return json.loads(memo.read_text())
+    work = base / "nanochat-honest"
+    project = copy_example(work)
+    env = example_env(shared_cache(tmp_path_factory), NANOCHAT_FLOP_BUDGET=SMALL_BUDGET)
+    proc, report = run_session(project, env, work / "report.json", "tests", "-x")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    values = metric_values(report)
+    memo.write_text(json.dumps(values))  # floats round-trip exactly through JSON
+    return values

@@ -17,6 +17,7 @@ from nanochat_support import (
     SMALL_BUDGET,
     copy_example,
     example_env,
+    honest_values,
     metric_values,
     run_session,
     shared_cache,
@@ -71,17 +72,14 @@ def _make_hostile(project) -> None:
 
 @pytest.mark.slow
 def test_a_hostile_train_py_does_not_move_val_bpb(tmp_path, tmp_path_factory):
-    cache = shared_cache(tmp_path_factory)
-    honest = copy_example(tmp_path / "honest")
     hostile = copy_example(tmp_path / "hostile")
     _make_hostile(hostile)
-    values = {}
-    for name, project in (("honest", honest), ("hostile", hostile)):
-        env = example_env(cache, NANOCHAT_FLOP_BUDGET=SMALL_BUDGET)
-        # Guards and metric in one session, as the research loop runs them.
-        proc, report = run_session(project, env, tmp_path / f"{name}.json", "tests", "-x")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-        values[name] = metric_values(report)
+    env = example_env(shared_cache(tmp_path_factory), NANOCHAT_FLOP_BUDGET=SMALL_BUDGET)
+    # Guards and metric in one session, as the research loop runs them (the honest code's
+    # run too: honest_values).
+    proc, report = run_session(hostile, env, tmp_path / "hostile.json", "tests", "-x")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    values = {"honest": honest_values(tmp_path_factory), "hostile": metric_values(report)}
     assert values["hostile"]["val_bpb"] == values["honest"]["val_bpb"]
     assert values["hostile"]["test_bpb"] == values["honest"]["test_bpb"]
     assert values["hostile"]["num_params_m"] == values["honest"]["num_params_m"] > 0.1
