@@ -193,7 +193,8 @@ def part_loop(args, project: Path) -> dict:
                 ["git", "commit", "-q", "-m", "example"]):  # fmt: skip
         subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     env = {**_env(args, project), **_budget(args, args.loop_budget)}
-    cmd = [sys.executable, "-m", "pytest", "--autoresearch", "-n", str(args.loop_experiments),
+    cmd = [sys.executable, "-m", "pytest", "-p", "autoresearch", "--autoresearch", "-n",
+           str(args.loop_experiments),
            "--autoresearch-seed", "0", "--autoresearch-tag", "gpubench",
            "-p", "no:cacheprovider"]  # fmt: skip
     code, log, wall = _run(cmd, repo, env, timeout=3600)

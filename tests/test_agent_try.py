@@ -78,8 +78,12 @@ class Agent:
         self.script.write_text(AGENT)
         self.script.chmod(0o755)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
+        # Only our plugin in the agent's pytest runs and their evaluations (as in pytester's
+        # runs, tests/conftest.py): each other installed plugin costs every run its import.
         self.env.update(
-            PYTHON=sys.executable, PYTEST_ADDOPTS="-p no:hypothesispytest -p no:benchmark"
+            PYTHON=sys.executable,
+            PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+            PYTEST_ADDOPTS="-p autoresearch",
         )
 
     def __call__(

@@ -136,11 +136,14 @@ def run_loop(project: Path, env: dict[str, str], n: int) -> tuple[str, list[dict
 
 
 def loop_env(tmp_path_factory, trusting: bool, **budget: str) -> dict[str, str]:
-    extra = dict(budget, PYTEST_ADDOPTS="-p no:hypothesispytest -p no:benchmark")
+    extra = dict(budget)
     if trusting:
         extra["NANOCHAT_TRUST_TRAINER"] = "1"
     env = example_env(shared_cache(tmp_path_factory), **extra)
-    env.pop("NANOCHAT_DATA", None)
+    # The loop loads every installed plugin; its evaluations only ours, by program.md's
+    # `lean: true` (the quick start's path, checked in the first test).
+    for key in ("NANOCHAT_DATA", "PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_ADDOPTS"):
+        env.pop(key, None)
     return env
 
 
@@ -166,6 +169,7 @@ def test_the_answer_key_is_out_of_reach_and_flops_are_measured(tmp_path, tmp_pat
     project = make_project(tmp_path, _flop_steps(src, note_prelude(log)))
     env = loop_env(tmp_path_factory, trusting=False, NANOCHAT_FLOP_BUDGET=FLOP_BUDGET)
     out, (val, flops) = run_loop(project, env, 2)
+    assert "lean: evaluations load none of the" in out, out[-3000:]  # only ours
 
     # The validation split is not there for train.py: it trained honestly, and the
     # deterministic metric gives the baseline's value to the last digit.
