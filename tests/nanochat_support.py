@@ -39,8 +39,9 @@ def example_env(cache: Path, project: Path | None = None, **extra: str) -> dict[
         env.pop(key, None)
     env.update(NANOCHAT_CACHE=str(cache), NANOCHAT_FORCE_CPU="1", OMP_WAIT_POLICY="PASSIVE")
     # Only our plugin in the example's pytest runs and their evaluations, as in the suite's
-    # pytester runs (tests/conftest.py): every installed plugin (Hypothesis, benchmark, xdist,
-    # anyio) adds about 2.5 s to each of them on 2 cores, and a loop starts one per run.
+    # pytester runs (tests/conftest.py): the other installed plugins (Hypothesis, benchmark,
+    # xdist, anyio) add 0.8 s to each of them on an idle 2-core VM, more under load, and a
+    # loop starts one per run.
     env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTEST_ADDOPTS="-p autoresearch")
     # This checkout's plugin, whatever is installed (the example's own runs need it too).
     paths = [str(project)] if project is not None else []
