@@ -60,10 +60,13 @@ def one_run(dest: Path, env: dict[str, str], tag: str) -> dict:
         float(s) for s in re.findall(r"baseline \d+/\d+: val_bpb \S+\s+\(([0-9.]+)s\)", out)
     ]
     experiment = re.search(r"^\[1/1\] .*\s(\d+)s$", out, flags=re.M)
-    return {"cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "baseline_s": baseline,
-            "experiment_s": float(experiment.group(1)) if experiment
-            else None, "lean_line": next((ln for ln in out.splitlines()
-                                          if ln.startswith("lean:")), None)}  # fmt: skip
+    lean_line = next((line for line in out.splitlines() if line.startswith("lean:")), None)
+    return {
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "baseline_s": baseline,
+        "experiment_s": float(experiment.group(1)) if experiment else None,
+        "lean_line": lean_line,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

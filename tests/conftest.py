@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from toyproject import LEAN_ENV
 
 # Set by GitHub Actions; a research run with a summary writes to it (publish/), and the
 # PR tests set their own.
@@ -31,8 +32,8 @@ def pytester(
     if request.node.get_closest_marker("all_plugins"):
         monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:benchmark")
     else:
-        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-        monkeypatch.setenv("PYTEST_ADDOPTS", "-p autoresearch")
+        for name, value in LEAN_ENV.items():
+            monkeypatch.setenv(name, value)
     for name in _CI_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     return pytester

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from toyproject import LEAN_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example_project"
 METRIC_NODE = "tests/test_metric.py::test_train_cpu"
@@ -30,19 +32,19 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "nanochat-cache"
 
 
-def example_env(cache: Path, project: Path | None = None, **extra: str) -> dict[str, str]:
-    """Offline corpus, the given cache, the CPU profile even where CUDA exists."""
+def example_env(
+    cache: Path, project: Path | None = None, *, lean: bool = True, **extra: str
+) -> dict[str, str]:
+    """Offline corpus, the given cache, the CPU profile even where CUDA exists; with
+    ``lean``, only our plugin in the example's pytest runs and their evaluations."""
     env = dict(os.environ)
     for key in ("NANOCHAT_PROFILE", "NANOCHAT_TIME_BUDGET", "NANOCHAT_FLOP_BUDGET",
                 "NANOCHAT_COMPILE", "NANOCHAT_BF16", "PYTEST_ADDOPTS",
                 "NANOCHAT_DATA"):  # fmt: skip
         env.pop(key, None)
     env.update(NANOCHAT_CACHE=str(cache), NANOCHAT_FORCE_CPU="1", OMP_WAIT_POLICY="PASSIVE")
-    # Only our plugin in the example's pytest runs and their evaluations, as in the suite's
-    # pytester runs (tests/conftest.py): the other installed plugins (Hypothesis, benchmark,
-    # xdist, anyio) add 0.8 s to each of them on an idle 2-core VM, more under load, and a
-    # loop starts one per run.
-    env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTEST_ADDOPTS="-p autoresearch")
+    if lean:
+        env.update(LEAN_ENV)
     # This checkout's plugin, whatever is installed (the example's own runs need it too).
     paths = [str(project)] if project is not None else []
     env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO)])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from github_server import REPO, GitHubServer, github_server
-from toyproject import git, make_toy, read_jsonl
+from toyproject import LEAN_ENV, git, make_toy, read_jsonl
 
 TAG = "t1"
 BRANCH = "autoresearch/" + TAG
@@ -78,13 +78,7 @@ class Agent:
         self.script.write_text(AGENT)
         self.script.chmod(0o755)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_")}
-        # Only our plugin in the agent's pytest runs and their evaluations (as in pytester's
-        # runs, tests/conftest.py): each other installed plugin costs every run its import.
-        self.env.update(
-            PYTHON=sys.executable,
-            PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
-            PYTEST_ADDOPTS="-p autoresearch",
-        )
+        self.env.update(LEAN_ENV, PYTHON=sys.executable)  # only our plugin in its runs
 
     def __call__(
         self, action: str, *args: str, env: dict | None = None

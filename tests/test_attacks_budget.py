@@ -139,11 +139,10 @@ def loop_env(tmp_path_factory, trusting: bool, **budget: str) -> dict[str, str]:
     extra = dict(budget)
     if trusting:
         extra["NANOCHAT_TRUST_TRAINER"] = "1"
-    env = example_env(shared_cache(tmp_path_factory), **extra)
     # The loop loads every installed plugin; its evaluations only ours, by program.md's
     # `lean: true` (the quick start's path, checked in the first test).
-    for key in ("NANOCHAT_DATA", "PYTEST_DISABLE_PLUGIN_AUTOLOAD", "PYTEST_ADDOPTS"):
-        env.pop(key, None)
+    env = example_env(shared_cache(tmp_path_factory), lean=False, **extra)
+    env.pop("NANOCHAT_DATA", None)
     return env
 
 

@@ -14,6 +14,11 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+# Inner pytest runs (and the evaluations of an inner loop) that load only our plugin: every
+# other installed plugin (Hypothesis, benchmark, xdist, anyio) costs each run its import,
+# 0.8 s on an idle 2-core VM, more under load, and a loop starts one run per evaluation.
+LEAN_ENV = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTEST_ADDOPTS": "-p autoresearch"}
+
 PROGRAM = """\
 ---
 editable: ["toy/model.py"]
