@@ -2,11 +2,13 @@
 
 Usage:
     python benchmarks/quickstart_seeds.py [--seeds default,1,2,...,10] [-n 10] [--jobs 2]
-                                          [--json out.json]
+                                          [--loop-args '--autoresearch-workers 2']
+                                          [--json out.json] [--keep-output DIR]
 
 For each seed: a fresh git repository holding a copy of example_project/, then
-`pytest --autoresearch -n 10` in it (with `--autoresearch-seed S`; "default" passes none,
-so the seed is random), exactly as the quick start runs it. Then the metric test runs once
+`pytest --autoresearch -n 10 --autoresearch-workers 2` in it (with `--autoresearch-seed S`;
+"default" passes none, so the seed is random), exactly as the quick start runs it
+(`--loop-args ''` runs one experiment at a time instead). Then the metric test runs once
 more on the research branch's head: on this deterministic metric it must give the best
 value again. Reported per seed: experiments kept, baseline, best, re-measured value, the
 loop's wall time and CPU time (user + system of its process tree), and the load average
@@ -32,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example_project"
 NODE = "tests/test_metric.py::test_train_cpu"
+QUICKSTART_ARGS = "--autoresearch-workers 2"  # the README's quick start: two in flight
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -70,13 +73,14 @@ def remeasure(dest: Path, env: dict[str, str], ref: str) -> float:
     return next(m["value"] for m in metrics if m["name"] == "val_bpb")
 
 
-def one_seed(seed: str, n: int, cache: Path, keep: Path | None) -> dict:
+def one_seed(seed: str, n: int, cache: Path, keep: Path | None, extra: list[str]) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"quickstart-{seed}-"))
     dest = project(root)
     env = env_for(cache)
     args = [sys.executable, "-m", "pytest", "--autoresearch", "-n", str(n)]
     if seed != "default":
         args += ["--autoresearch-seed", seed]
+    args += extra
     t0 = time.monotonic()
     proc = subprocess.Popen(args, cwd=dest, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -115,7 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep-output", type=Path, help="folder for each run's terminal output")
+    parser.add_argument(
+        "--loop-args",
+        default=QUICKSTART_ARGS,
+        help=f"the loop's options besides -n and the seed (default: the "
+        f"README's, {QUICKSTART_ARGS!r}; '' for one worker)",
+    )
     args = parser.parse_args(argv)
+    extra = args.loop_args.split()
     cache = Path(tempfile.mkdtemp(prefix="quickstart-cache-"))
     subprocess.run([sys.executable, "-m", "nanochat.prepare"], cwd=EXAMPLE, env=env_for(cache),
                    check=True, capture_output=True)  # fmt: skip
@@ -124,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
     rows = []
     with ThreadPoolExecutor(args.jobs) as pool:
-        for row in pool.map(lambda s: one_seed(s, args.n, cache, args.keep_output), seeds):
+        for row in pool.map(lambda s: one_seed(s, args.n, cache, args.keep_output, extra), seeds):
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

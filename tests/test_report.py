@@ -190,6 +190,21 @@ def test_the_hybrids_tuned_experiments_name_only_the_numbers_they_moved() -> Non
     assert all(r.split()[2:] == unmoved for r in rows[1:]), rows
 
 
+def test_a_change_rebased_onto_a_newer_best_keeps_the_numbers_it_landed_on() -> None:
+    """Two workers: #2 was proposed on the baseline, #1 was kept while it ran, and #2 was
+    re-based onto #1 and kept there (journaled after it). Its params still say the
+    baseline's LR; the best configuration has #1's LR and #2's DEPTH."""
+    run = [
+        tuned(1, "keep", 0.97, 1.00, {"LR": 0.08, "DEPTH": 4}, "LR 0.04 -> 0.08"),
+        tuned(2, "keep", 0.95, 0.97, {"LR": 0.04, "DEPTH": 6}, "DEPTH 4 -> 6"),
+    ]
+    run[1]["rebased"] = 1
+    lines = summary_lines(run, result(baseline=1.0, best=0.95, sigma=0.01))
+    start = next(i for i, x in enumerate(lines) if x.startswith("learned per parameter"))
+    rows = {r.split()[0]: " ".join(r.split()[1:4]) for r in lines[start + 1 :]}
+    assert rows == {"LR": "0.04 -> 0.08", "DEPTH": "4 -> 6"}, lines[start:]
+
+
 def toy_tuning_records(n: int) -> list[dict]:
     """A tuned run where the objective depends strongly on LR and not at all on WD."""
     import random

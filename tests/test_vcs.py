@@ -656,3 +656,34 @@ def test_resume_after_a_kill_mid_evaluation_undoes_planted_hooks_and_code(
     (root / "cache" / "last.json").write_text('{"loss": 2}')
     assert again.out_of_scope(after="evaluation", since=before) == []
     again.finish()
+
+
+def test_an_overtaken_change_is_rebased_by_a_three_way_merge(repo_dir: Path) -> None:
+    """Two edits of one hyperparameter block, a line apart: the context lines of the second
+    no longer match after the first is kept, yet the change merges as git merge would. An
+    edit of the very next line conflicts and is None; nothing else is touched either way."""
+    block = "".join(f"P{i} = {i}\n" for i in range(8))
+    (repo_dir / "train.py").write_text(block)
+    git(repo_dir, "commit", "-qam", "a block of numbers")
+    repo = started(repo_dir)
+    base = repo.head()
+
+    def on_base(old: str, new: str) -> str:
+        (repo_dir / "train.py").write_text(block.replace(old, new))
+        sha = repo.snapshot(f"{old} -> {new}")
+        repo.restore()
+        return sha
+
+    near, adjacent = on_base("P5 = 5", "P5 = 50"), on_base("P4 = 4", "P4 = 40")
+    (repo_dir / "train.py").write_text(block.replace("P3 = 3", "P3 = 30"))
+    kept = repo.commit("P3 = 30")
+    index_before = git(repo_dir, "ls-files", "-s")
+
+    moved = repo.rebased(near, "P5, re-based")
+    assert moved is not None and git(repo_dir, "rev-parse", f"{moved}^") == kept
+    both = block.replace("P3 = 3", "P3 = 30").replace("P5 = 5", "P5 = 50")
+    assert git(repo_dir, "show", f"{moved}:train.py") + "\n" == both
+    assert repo.rebased(adjacent, "P4, re-based") is None
+    assert git(repo_dir, "ls-files", "-s") == index_before
+    assert (repo_dir / "train.py").read_text() == block.replace("P3 = 3", "P3 = 30")
+    assert status(repo_dir) == "" and repo.head() == kept != base

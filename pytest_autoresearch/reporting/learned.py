@@ -101,6 +101,23 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _best_values(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each parameter's value in the best configuration: the keeps replayed in the order
+    they were kept (the journal's), each setting the numbers its description names.
+
+    Not simply the last keep's params: with several workers a change proposed on an older
+    best is re-based onto a newer one and kept there, and its params still hold the older
+    best's other numbers. A description that names no change sets them all."""
+    values: dict[str, Any] = {}
+    for rec in records:
+        if rec.get("status") != "keep":
+            continue
+        told = {m["name"] for m in _CHANGE.finditer(_changes(rec))}
+        params = rec["params"]
+        values.update({n: v for n, v in params.items() if not told or n in told})
+    return values
+
+
 def param_effects(records: Sequence[dict[str, Any]], goal: str) -> list[ParamEffect]:
     """Per parameter, most important (or most moving) first; [] when no record has params."""
     with_params = [r for r in records if isinstance(r.get("params"), dict) and r["params"]]
@@ -123,13 +140,13 @@ def param_effects(records: Sequence[dict[str, Any]], goal: str) -> list[ParamEff
                 effect.deltas.append(value - before)
                 if len(moved) == 1:
                     effect.alone.append(value - before)
-    kept = [r for r in with_params if r.get("status") == "keep"]
+    best_values = _best_values(with_params)
     for name, effect in effects.items():
         if effect.start is None:
             # Never named as changed: it kept the value every record shows.
             values = {r["params"][name] for r in with_params if name in r["params"]}
             effect.start = next(iter(values)) if len(values) == 1 else None
-        best = next((r["params"][name] for r in reversed(kept) if name in r["params"]), None)
+        best = best_values.get(name)
         effect.best = best if _finite(best) else effect.start
     for name, share in _importances(with_params, goal).items():
         effects[name].importance = share

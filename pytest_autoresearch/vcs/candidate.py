@@ -90,8 +90,12 @@ class CandidateCommits:
     def rebased(self, sha: str, message: str) -> str | None:
         """``sha``'s change (against its parent) applied on the best commit, as a new snapshot.
 
-        None when the change does not apply there (another kept change touched the same
-        lines). Nothing in the checkout or the index changes: a scratch index is used.
+        Applied as a three-way merge (``git apply --3way``): a change to a line two lines
+        below one the best changed applies, as it would in ``git merge``, although the
+        diff's context lines no longer match (a block of hyperparameters is usually edited
+        a line at a time). None when the change does not apply there (another kept change
+        touched the same or an adjacent line). Nothing in the checkout or the index
+        changes: a scratch index is used.
         """
         self._require_started()
         git = self._repo.git
@@ -109,7 +113,7 @@ class CandidateCommits:
             git.read_tree(self.best, env=env)
             if patch:
                 try:
-                    git.apply("--cached", "--binary", patch_file, env=env)
+                    git.apply("--cached", "--3way", "--binary", patch_file, env=env)
                 except Exception:
                     return None
             tree = git.write_tree(env=env)
