@@ -101,6 +101,16 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _told(rec: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The changes a record's description names ({NAME: OLD}) and the params it moved.
+
+    The optuna proposer describes its changes as "NAME OLD -> NEW, ...": OLD is the best
+    value at the time. Any other description: every parameter counts as moved."""
+    told = {m["name"]: m["old"] for m in _CHANGE.finditer(_changes(rec))}
+    params = rec["params"]
+    return told, [n for n in params if n in told] if told else list(params)
+
+
 def _best_values(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Each parameter's value in the best configuration: the keeps replayed in the order
     they were kept (the journal's), each setting the numbers its description names.
@@ -112,9 +122,8 @@ def _best_values(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for rec in records:
         if rec.get("status") != "keep":
             continue
-        told = {m["name"] for m in _CHANGE.finditer(_changes(rec))}
-        params = rec["params"]
-        values.update({n: v for n, v in params.items() if not told or n in told})
+        _, moved = _told(rec)
+        values.update({n: rec["params"][n] for n in moved})
     return values
 
 
@@ -126,11 +135,7 @@ def param_effects(records: Sequence[dict[str, Any]], goal: str) -> list[ParamEff
     names = list(dict.fromkeys(k for r in with_params for k in r["params"]))
     effects = {name: ParamEffect(name, None, None, goal) for name in names}
     for rec in sorted(with_params, key=lambda r: r.get("index", 0)):
-        params = rec["params"]
-        # The optuna proposer describes its changes as "NAME OLD -> NEW, ...": OLD is the
-        # best value at the time. Any other description: every parameter counts as moved.
-        told = {m["name"]: m["old"] for m in _CHANGE.finditer(_changes(rec))}
-        moved = [n for n in params if n in told] if told else list(params)
+        told, moved = _told(rec)
         value, before = rec.get("objective"), rec.get("best_before")
         for name in moved:
             effect = effects[name]
